@@ -1,0 +1,47 @@
+/// Entry point: parse arguments, run a command, turn every user error into one line on stderr and exit code 2.
+module SfMoe.Cli.Program
+
+open System
+open Argu
+open SfMoe
+open SfMoe.Cli.Output
+open SfMoe.Cli.Commands
+
+let private version =
+    let v = Reflection.Assembly.GetExecutingAssembly().GetName().Version
+    sprintf "%d.%d.%d" v.Major v.Minor v.Build
+
+let private error (msg: string) =
+    let line = msg.Replace("\r", "").Split('\n') |> Array.map (fun s -> s.Trim()) |> Array.filter ((<>) "") |> String.concat " "
+    eprintfn "sfmoe: error: %s" line
+    2
+
+[<EntryPoint>]
+let main argv =
+    try
+        let parser = ArgumentParser.Create<Command>(programName = "sfmoe")
+        let results = parser.ParseCommandLine(argv, raiseOnUsage = true)
+        if results.Contains Version then
+            Console.WriteLine("sfmoe " + version)
+            0
+        else
+            Core.Native.ensure ()
+            match results.TryGetSubCommand() with
+            | Some(Command.Pattern a) -> pattern a
+            | Some(Models a) -> models a
+            | Some(Summary a) -> summary a
+            | _ ->
+                Console.Error.WriteLine(parser.PrintUsage())
+                2
+    with
+    | :? ArguParseException as e when e.ErrorCode = ErrorCode.HelpText ->
+        Console.WriteLine(e.Message)
+        0
+    | :? ArguParseException as e ->
+        // Argu appends the usage text after the first line; keep only the reason.
+        let first = (e.Message.Split('\n') |> Array.head).Replace("ERROR: ", "")
+        error (first + " (see 'sfmoe --help')")
+    | UsageError msg -> error msg
+    | :? SfMoeException as e -> error e.Message
+    | Core.Native.NativeLoadException msg -> error msg
+    | :? OperationCanceledException -> error "interrupted"

@@ -1,0 +1,223 @@
+/// Typed model configuration: the ViT backbone (timm names and defaults) and the MoE layer used by sparse
+/// blocks. Configs are plain immutable records, kept apart from parameters; `validate` names the field at
+/// fault with its JSON (snake_case) key.
+module SfMoe.Core.Config
+
+open SfMoe.Core.Pattern
+
+/// How a sparse block's router scores experts.
+type RouterKind =
+    /// Softmax over a linear projection (GShard / SF-MoE, lucidrains `w_gating` [D,E], init N(0,1)).
+    | LinearRouter
+    /// Cosine similarity of a 256-d projection with learned expert embeddings and a learned temperature
+    /// (GMoE / tutel `cosine_top`).
+    | CosineRouter
+
+/// What happens to each token's second choice when k = 2 (GShard / SF-MoE rules).
+type SecondPolicy =
+    /// Always dispatch the second expert.
+    | SecondAll
+    /// Never dispatch it (its gate still renormalises the first).
+    | SecondNone
+    /// Dispatch it when its renormalised gate exceeds the threshold.
+    | SecondThreshold
+    /// Dispatch it with probability min(1, gate2 / threshold).
+    | SecondRandom
+
+/// Expert capacity: a factor (see CapacityScope for the formula) or no limit at all.
+type Capacity =
+    | Factor of float
+    | Dropless
+
+/// Over which tokens capacity, slot order and balance statistics are computed.
+type CapacityScope =
+    /// Per image (SF-MoE): C = max(min_capacity, min(N, floor(N*cf/E))), token order, second choices after
+    /// the kept first choices.
+    | PerImage
+    /// Over the whole batch (tutel / GMoE): C = k * int(cf * ceil(S/E)), optionally batch-prioritised.
+    | PerBatch
+
+/// Balance loss of a sparse block.
+type AuxLoss =
+    /// E^2 * mean_e(mean gate prob * top-1 fraction) (SF-MoE; per image then averaged, or per batch).
+    | GShardLoss
+    /// (CV^2(importance) + CV^2(load)) / 2 (tutel / GMoE).
+    | LoadImportanceLoss
+
+/// The Mixture-of-Experts layer of sparse blocks.
+type MoeConfig =
+    { NumExperts: int
+      TopK: int
+      Router: RouterKind
+      SecondPolicy: SecondPolicy
+      SecondThreshold: float
+      CapacityTrain: Capacity
+      CapacityEval: Capacity
+      MinCapacity: int
+      Scope: CapacityScope
+      BatchPrioritized: bool
+      GateNoise: float
+      AuxLoss: AuxLoss
+      AuxLossWeight: float
+      ExpertBias: bool
+      ExpertDropout: float
+      /// Dimension of the cosine router's projection (tutel: 256).
+      CosineProjDim: int }
+
+module MoeConfig =
+    /// SF-MoE as released (lucidrains top-2 GShard gate, spec §3.1).
+    let sfmoe =
+        { NumExperts = 4
+          TopK = 2
+          Router = LinearRouter
+          SecondPolicy = SecondRandom
+          SecondThreshold = 0.2
+          CapacityTrain = Factor 1.25
+          CapacityEval = Factor 2.0
+          MinCapacity = 4
+          Scope = PerImage
+          BatchPrioritized = false
+          GateNoise = 0.0
+          AuxLoss = GShardLoss
+          AuxLossWeight = 0.01
+          ExpertBias = false
+          ExpertDropout = 0.0
+          CosineProjDim = 256 }
+
+    /// GMoE (ICLR 2023; tutel cosine top-1, spec §3.6).
+    let gmoe =
+        { sfmoe with
+            NumExperts = 6
+            TopK = 1
+            Router = CosineRouter
+            SecondPolicy = SecondAll
+            CapacityTrain = Factor 1.5
+            CapacityEval = Factor 1.5
+            Scope = PerBatch
+            BatchPrioritized = true
+            GateNoise = 1.0
+            AuxLoss = LoadImportanceLoss
+            ExpertBias = true
+            ExpertDropout = 0.1 }
+
+    let validate (m: MoeConfig) : Result<MoeConfig, string> =
+        let cap name c =
+            match c with
+            | Factor f when not (f > 0.0) || System.Double.IsInfinity f ->
+                Some(sprintf "moe.%s must be a number > 0 or \"dropless\", got %g" name f)
+            | _ -> None
+        [ (if m.NumExperts < 1 then Some(sprintf "moe.num_experts must be >= 1, got %d" m.NumExperts) else None)
+          (if m.TopK < 1 || m.TopK > 2 then Some(sprintf "moe.top_k must be 1 or 2, got %d" m.TopK) else None)
+          (if m.TopK > m.NumExperts then
+               Some(sprintf "moe.top_k (%d) must not exceed moe.num_experts (%d)" m.TopK m.NumExperts)
+           else None)
+          (if not (m.SecondThreshold >= 0.0 && m.SecondThreshold <= 1.0) then
+               Some(sprintf "moe.second_threshold must be in [0, 1], got %g" m.SecondThreshold)
+           else None)
+          cap "capacity_factor_train" m.CapacityTrain
+          cap "capacity_factor_eval" m.CapacityEval
+          (if m.MinCapacity < 0 then Some(sprintf "moe.min_capacity must be >= 0, got %d" m.MinCapacity) else None)
+          (if not (m.GateNoise >= 0.0) then Some(sprintf "moe.gate_noise must be >= 0, got %g" m.GateNoise) else None)
+          (if not (m.AuxLossWeight >= 0.0) then
+               Some(sprintf "moe.aux_loss_weight must be >= 0, got %g" m.AuxLossWeight)
+           else None)
+          (if not (m.ExpertDropout >= 0.0 && m.ExpertDropout < 1.0) then
+               Some(sprintf "moe.expert_dropout must be in [0, 1), got %g" m.ExpertDropout)
+           else None)
+          (if m.CosineProjDim < 1 then Some(sprintf "moe.cosine_proj_dim must be >= 1, got %d" m.CosineProjDim) else None) ]
+        |> List.choose id
+        |> function
+            | [] -> Ok m
+            | e :: _ -> Error e
+
+/// A Vision Transformer with a block pattern (timm VisionTransformer arguments and defaults).
+type VitConfig =
+    { ImgSize: int
+      PatchSize: int
+      InChans: int
+      EmbedDim: int
+      Depth: int
+      NumHeads: int
+      MlpRatio: float
+      NumClasses: int
+      /// DeiT distillation: a second prefix token and head; logits are the mean of both heads.
+      Distilled: bool
+      QkvBias: bool
+      DropRate: float
+      AttnDropRate: float
+      /// Stochastic depth, linear over depth (timm): block i drops with rate * i / (depth - 1).
+      DropPathRate: float
+      NormEps: float
+      Pattern: Pattern
+      /// Used by the sparse blocks of the pattern.
+      Moe: MoeConfig }
+
+module VitConfig =
+    /// Hidden size of the dense FFN (timm: int(dim * mlp_ratio)).
+    let hidden (c: VitConfig) = int (float c.EmbedDim * c.MlpRatio)
+    let prefixTokens (c: VitConfig) = if c.Distilled then 2 else 1
+    let grid (c: VitConfig) = c.ImgSize / c.PatchSize
+    let numPatches (c: VitConfig) = grid c * grid c
+    let numTokens (c: VitConfig) = numPatches c + prefixTokens c
+    let headDim (c: VitConfig) = c.EmbedDim / c.NumHeads
+    let kinds (c: VitConfig) = expand c.Pattern |> List.toArray
+
+    /// Drop-path rate of each block (timm linear schedule, float32 linspace).
+    let dropPathRates (c: VitConfig) =
+        Array.init c.Depth (fun i ->
+            if c.Depth <= 1 then 0.0
+            else float (float32 c.DropPathRate * float32 i / float32 (c.Depth - 1)))
+
+    /// Plain ViT defaults of the given size (timm VisionTransformer defaults: qkv bias, eps 1e-6, no dropout).
+    let create (embedDim: int) (depth: int) (heads: int) =
+        { ImgSize = 224
+          PatchSize = 16
+          InChans = 3
+          EmbedDim = embedDim
+          Depth = depth
+          NumHeads = heads
+          MlpRatio = 4.0
+          NumClasses = 1000
+          Distilled = false
+          QkvBias = true
+          DropRate = 0.0
+          AttnDropRate = 0.0
+          DropPathRate = 0.0
+          NormEps = 1e-6
+          Pattern = dense depth
+          Moe = MoeConfig.sfmoe }
+
+    let validate (c: VitConfig) : Result<VitConfig, string> =
+        let rate name (v: float) =
+            if v >= 0.0 && v < 1.0 then None else Some(sprintf "%s must be in [0, 1), got %g" name v)
+        let pos name (v: int) = if v >= 1 then None else Some(sprintf "%s must be >= 1, got %d" name v)
+        [ pos "img_size" c.ImgSize
+          pos "patch_size" c.PatchSize
+          pos "in_chans" c.InChans
+          pos "embed_dim" c.EmbedDim
+          pos "depth" c.Depth
+          pos "num_heads" c.NumHeads
+          pos "num_classes" c.NumClasses
+          (if c.PatchSize >= 1 && c.ImgSize % c.PatchSize <> 0 then
+               Some(sprintf "img_size (%d) must be a multiple of patch_size (%d)" c.ImgSize c.PatchSize)
+           else None)
+          (if c.NumHeads >= 1 && c.EmbedDim % c.NumHeads <> 0 then
+               Some(sprintf "embed_dim (%d) must be divisible by num_heads (%d)" c.EmbedDim c.NumHeads)
+           else None)
+          (if not (c.MlpRatio > 0.0) || hidden c < 1 then Some(sprintf "mlp_ratio must be > 0, got %g" c.MlpRatio) else None)
+          rate "drop_rate" c.DropRate
+          rate "attn_drop_rate" c.AttnDropRate
+          rate "drop_path_rate" c.DropPathRate
+          (if not (c.NormEps > 0.0) then Some(sprintf "norm_eps must be > 0, got %g" c.NormEps) else None)
+          (match validateDepth c.Depth c.Pattern with
+           | Ok _ -> None
+           | Error e -> Some e)
+          (if expand c.Pattern |> List.contains Sparse then
+               match MoeConfig.validate c.Moe with
+               | Ok _ -> None
+               | Error e -> Some e
+           else None) ]
+        |> List.choose id
+        |> function
+            | [] -> Ok c
+            | e :: _ -> Error e

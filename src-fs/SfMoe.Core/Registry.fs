@@ -1,0 +1,89 @@
+/// Named model variants in timm's grammar (`<family>_<size>_patch<P>_<img>`). Each variant is one row of
+/// data; `create` applies the row to a size table. Unknown names get a list of near names.
+module SfMoe.Core.Registry
+
+open System
+open SfMoe.Core.Pattern
+open SfMoe.Core.Config
+
+/// Backbone sizes: embed dim, depth, heads (timm / DeiT).
+let sizes =
+    dict [ "test", (32, 4, 4)
+           "tiny", (192, 12, 3)
+           "small", (384, 12, 6)
+           "base", (768, 12, 12) ]
+
+/// One registry row.
+type ModelDef =
+    { Name: string
+      Size: string
+      PatchSize: int
+      ImgSize: int
+      Distilled: bool
+      /// A pattern or a preset name (see Pattern.presets); "vit" means all fusion blocks.
+      Pattern: string
+      Moe: MoeConfig
+      DropPathRate: float
+      NumClasses: int
+      Description: string }
+
+let private row name size patch img distilled pattern moe dpr classes desc =
+    { Name = name; Size = size; PatchSize = patch; ImgSize = img; Distilled = distilled; Pattern = pattern
+      Moe = moe; DropPathRate = dpr; NumClasses = classes; Description = desc }
+
+let private sf = MoeConfig.sfmoe
+
+/// The registry, one row per variant.
+let all : ModelDef list =
+    [ row "vit_tiny_patch16_224" "tiny" 16 224 false "vit" sf 0.0 1000 "ViT-Ti/16 (timm)"
+      row "vit_small_patch16_224" "small" 16 224 false "vit" sf 0.0 1000 "ViT-S/16 (timm)"
+      row "vit_base_patch16_224" "base" 16 224 false "vit" sf 0.0 1000 "ViT-B/16 (timm)"
+      row "deit_tiny_patch16_224" "tiny" 16 224 false "vit" sf 0.0 1000 "DeiT-Ti/16"
+      row "deit_small_patch16_224" "small" 16 224 false "vit" sf 0.0 1000 "DeiT-S/16 (GMoE's backbone)"
+      row "deit_base_patch16_224" "base" 16 224 false "vit" sf 0.0 1000 "DeiT-B/16"
+      row "deit_tiny_distilled_patch16_224" "tiny" 16 224 true "vit" sf 0.0 1000 "DeiT-Ti/16 distilled (cls + dist tokens)"
+      row "deit_small_distilled_patch16_224" "small" 16 224 true "vit" sf 0.0 1000 "DeiT-S/16 distilled (SF-MoE's backbone)"
+      row "deit_base_distilled_patch16_224" "base" 16 224 true "vit" sf 0.0 1000 "DeiT-B/16 distilled"
+      row "vit_test_patch8_32" "test" 8 32 false "Fx4" sf 0.0 10 "tiny dense ViT for tests and examples (32x32)"
+      row "deit_test_distilled_patch8_32" "test" 8 32 true "Fx4" sf 0.0 10 "tiny distilled ViT for tests (32x32)" ]
+
+/// The config of a registry row.
+let toConfig (d: ModelDef) : Result<VitConfig, string> =
+    let dim, depth, heads = sizes[d.Size]
+    let pattern =
+        if d.Pattern = "vit" then Ok(dense depth)
+        else resolve d.Pattern |> Result.mapError string
+    pattern
+    |> Result.bind (fun p ->
+        VitConfig.validate
+            { VitConfig.create dim depth heads with
+                ImgSize = d.ImgSize
+                PatchSize = d.PatchSize
+                Distilled = d.Distilled
+                Pattern = p
+                Moe = d.Moe
+                DropPathRate = d.DropPathRate
+                NumClasses = d.NumClasses })
+
+/// Edit distance, for "did you mean" suggestions.
+let private distance (a: string) (b: string) =
+    let d = Array2D.init (a.Length + 1) (b.Length + 1) (fun i j -> if i = 0 then j elif j = 0 then i else 0)
+    for i in 1 .. a.Length do
+        for j in 1 .. b.Length do
+            let cost = if a[i - 1] = b[j - 1] then 0 else 1
+            d[i, j] <- min (min (d[i - 1, j] + 1) (d[i, j - 1] + 1)) (d[i - 1, j - 1] + cost)
+    d[a.Length, b.Length]
+
+let tryFind (name: string) = all |> List.tryFind (fun d -> d.Name = name)
+
+/// The config of a named variant; an unknown name lists the nearest names.
+let tryCreate (name: string) : Result<VitConfig, string> =
+    match tryFind name with
+    | Some d -> toConfig d
+    | None ->
+        let near =
+            all
+            |> List.map (fun d -> d.Name)
+            |> List.sortBy (fun n -> distance (name.ToLowerInvariant()) n)
+            |> List.truncate 3
+        Error(sprintf "unknown model %s; did you mean %s? ('sfmoe models' lists all)" name (String.Join(", ", near)))

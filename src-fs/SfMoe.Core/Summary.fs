@@ -1,0 +1,47 @@
+/// Per-block structure of a model: kind and parameter count, from the config alone (closed forms) and
+/// from a built model (counted), so each checks the other.
+module SfMoe.Core.Summary
+
+open SfMoe.Core.Pattern
+open SfMoe.Core.Config
+open SfMoe.Core.Layers
+
+/// One row of a model's layout.
+type Part =
+    { Name: string
+      Kind: string
+      Params: int64 }
+
+/// Parameters of one fusion block in closed form (timm Block with Mlp).
+let fusionBlockParams (c: VitConfig) : int64 =
+    let d, h = int64 c.EmbedDim, int64 (VitConfig.hidden c)
+    let norms = 4L * d
+    let qkv = 3L * d * d + (if c.QkvBias then 3L * d else 0L)
+    let proj = d * d + d
+    let mlp = d * h + h + h * d + d
+    norms + qkv + proj + mlp
+
+/// Total parameters in closed form.
+let totalParams (c: VitConfig) : int64 =
+    let d, k = int64 c.EmbedDim, int64 c.NumClasses
+    let patch = int64 c.InChans * int64 (c.PatchSize * c.PatchSize) * d + d
+    let tokens = int64 (VitConfig.prefixTokens c) * d + int64 (VitConfig.numTokens c) * d
+    let heads = int64 (if c.Distilled then 2 else 1) * (d * k + k)
+    let blocks = VitConfig.kinds c |> Array.sumBy (function Fusion -> fusionBlockParams c | Sparse -> 0L)
+    patch + tokens + blocks + 2L * d + heads
+
+/// Layout of a built model: embedding, each block, norm and head(s), with counted parameters.
+let parts (m: SfMoe.Core.Vit.SfMoeVit) : Part list =
+    let c = m.Config
+    let p = m.Params
+    let d = int64 c.EmbedDim
+    let tokenParams = int64 (VitConfig.prefixTokens c) * d + int64 (VitConfig.numTokens c) * d
+    [ yield { Name = "embed"; Kind = "patch+tokens"; Params = countParams p.PatchEmbed + tokenParams }
+      for i, b in Array.indexed p.Blocks do
+          let n = node (SfMoe.Core.Block.tree b)
+          yield { Name = sprintf "blocks.%d" i; Kind = BlockKind.letter b.Kind; Params = countParams n }
+      yield { Name = "norm"; Kind = "norm"; Params = countParams p.Norm }
+      yield
+          { Name = "head"
+            Kind = (if c.Distilled then "head+head_dist" else "head")
+            Params = countParams p.Head + (p.HeadDist |> Option.map countParams |> Option.defaultValue 0L) } ]

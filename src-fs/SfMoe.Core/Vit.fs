@@ -1,0 +1,191 @@
+/// The Vision Transformer with a block pattern (timm VisionTransformer / DeiT):
+///   patch_embed -> [cls, (dist), patches] + pos_embed -> blocks -> norm -> head(s)
+/// Distilled models (DeiT) average the cls and dist heads, in training and in eval (SF-MoE spec §1.2).
+module SfMoe.Core.Vit
+
+open System
+open System.Runtime.InteropServices
+open TorchSharp
+open TorchSharp.Modules
+open SfMoe.Core.Tensors
+open SfMoe.Core.Pattern
+open SfMoe.Core.Config
+open SfMoe.Core.Layers
+
+/// Parameters held in modules (the prefix tokens and position embedding live on the root module).
+type Params =
+    { PatchEmbed: Conv2d
+      Blocks: Block.Params[]
+      Norm: LayerNorm
+      Head: Linear
+      HeadDist: Linear option }
+
+/// The raw parameters of the root: cls_token (1,1,D), dist_token (1,1,D), pos_embed (1,T+P,D).
+type Tokens =
+    { Cls: Tensor
+      Dist: Tensor option
+      Pos: Tensor }
+
+/// What a forward pass returns. The caller disposes it.
+type Output =
+    { /// (B, K) class logits (the mean of both heads when distilled).
+      Logits: Tensor
+      /// (B, N, D) output of the final norm.
+      Features: Tensor
+      /// Per block, (B, heads, N, N) attention probabilities; empty unless asked for.
+      Attention: Tensor list }
+    interface IDisposable with
+        member this.Dispose() =
+            this.Logits.Dispose()
+            this.Features.Dispose()
+            for a in this.Attention do a.Dispose()
+
+let init (c: VitConfig) (dd: Dd) (g: torch.Generator option) : Params * (string * Parameter) list =
+    let d = int64 c.EmbedDim
+    let tok (shape: int64[]) =
+        let p = parameter dd shape
+        Init.truncNormal 0.02 g p
+        p
+    let patch = patchConv dd g c.InChans c.EmbedDim c.PatchSize
+    let cls = tok [| 1L; 1L; d |]
+    let dist = if c.Distilled then Some(tok [| 1L; 1L; d |]) else None
+    let pos = tok [| 1L; int64 (VitConfig.numTokens c); d |]
+    let rates = VitConfig.dropPathRates c
+    let blocks = VitConfig.kinds c |> Array.mapi (fun i k -> Block.init c dd g k rates[i])
+    let norm = layerNorm dd c.EmbedDim c.NormEps
+    let head = linear dd g c.EmbedDim c.NumClasses true
+    let headDist = if c.Distilled then Some(linear dd g c.EmbedDim c.NumClasses true) else None
+    let tokens =
+        [ yield "cls_token", cls
+          match dist with
+          | Some t -> yield "dist_token", t
+          | None -> ()
+          yield "pos_embed", pos ]
+    { PatchEmbed = patch; Blocks = blocks; Norm = norm; Head = head; HeadDist = headDist }, tokens
+
+/// State-dict names of the module children (timm): patch_embed.proj, blocks.{i}, norm, head, head_dist.
+let tree (p: Params) : (string * Module) list =
+    [ yield "patch_embed", node [ "proj", p.PatchEmbed :> Module ] :> Module
+      yield "blocks", node (p.Blocks |> Array.mapi (fun i b -> string i, node (Block.tree b) :> Module) |> List.ofArray) :> Module
+      yield "norm", p.Norm :> Module
+      yield "head", p.Head :> Module
+      match p.HeadDist with
+      | Some h -> yield "head_dist", h :> Module
+      | None -> () ]
+
+/// Position embedding for a (gh, gw) patch grid: the configured grid's part is resampled bicubically
+/// (align_corners = false, as timm) when the grid differs; prefix-token rows are kept.
+let posEmbedFor (c: VitConfig) (pos: Tensor) (gh: int64) (gw: int64) : Tensor =
+    let g0 = int64 (VitConfig.grid c)
+    if gh = g0 && gw = g0 then pos.alias ()
+    else
+        let t = int64 (VitConfig.prefixTokens c)
+        let d = pos.shape[2]
+        use prefix = pos.narrow(1L, 0L, t) // (1, T, D)
+        use gridPart = pos.narrow(1L, t, g0 * g0)
+        use grid4 = gridPart.reshape(1L, g0, g0, d)
+        use grid = grid4.permute(0L, 3L, 1L, 2L) // (1, D, g0, g0)
+        use resized =
+            torch.nn.functional.interpolate(grid, [| gh; gw |], mode = torch.InterpolationMode.Bicubic, align_corners = false)
+        use back = resized.permute(0L, 2L, 3L, 1L)
+        use flat = back.reshape(1L, gh * gw, d) // (1, gh*gw, D)
+        torch.cat([| prefix; flat |], 1L)
+
+/// Check an input batch against the config; the message names the dimension at fault.
+let checkInput (c: VitConfig) (x: Tensor) =
+    if x.ndim <> 4L then
+        invalidArg "x" (sprintf "expected images of shape (B, %d, H, W), got %s" c.InChans (shapeString x))
+    if x.shape[1] <> int64 c.InChans then
+        invalidArg "x" (sprintf "expected %d channels (in_chans), got %d in input of shape %s" c.InChans x.shape[1] (shapeString x))
+    if x.shape[2] % int64 c.PatchSize <> 0L || x.shape[3] % int64 c.PatchSize <> 0L || x.shape[2] = 0L || x.shape[3] = 0L then
+        invalidArg "x" (sprintf "image height and width must be positive multiples of patch_size %d, got %dx%d" c.PatchSize x.shape[2] x.shape[3])
+
+/// Embed patches and prepend the prefix tokens: (B, C, H, W) -> (B, N, D).
+let embed (c: VitConfig) (ctx: Ctx) (p: Params) (tok: Tokens) (x: Tensor) : Tensor =
+    checkInput c x
+    let b = x.shape[0]
+    use patches = p.PatchEmbed.forward x // (B, D, gh, gw)
+    let gh, gw = patches.shape[2], patches.shape[3]
+    use flat = patches.flatten(2L) // (B, D, gh*gw)
+    use seq = flat.transpose(1L, 2L) // (B, gh*gw, D)
+    use cls = tok.Cls.expand(b, -1L, -1L) // (B, 1, D)
+    use all =
+        match tok.Dist with
+        | Some dist ->
+            use dt = dist.expand(b, -1L, -1L)
+            torch.cat([| cls; dt; seq |], 1L)
+        | None -> torch.cat([| cls; seq |], 1L) // (B, N, D)
+    use pos = posEmbedFor c tok.Pos gh gw
+    use summed = all + pos
+    dropout ctx (if ctx.Training then c.DropRate else 0.0) summed
+
+/// Blocks and final norm: (B, C, H, W) -> features (B, N, D) and per-block attention maps when asked.
+let forwardFeatures (c: VitConfig) (ctx: Ctx) (p: Params) (tok: Tokens) (wantAttn: bool) (x: Tensor) : Tensor * Tensor list =
+    let h0 = embed c ctx p tok x
+    let h, maps =
+        p.Blocks
+        |> Array.fold (fun (h: Tensor, maps) blk ->
+            let o = Block.forward c ctx blk wantAttn h
+            h.Dispose()
+            o.X, (match o.Attn with Some a -> a :: maps | None -> maps)) (h0, [])
+    use h = h
+    p.Norm.forward h, List.rev maps
+
+/// Classifier head(s) on the prefix tokens: (B, N, D) -> (B, K).
+let forwardHead (p: Params) (features: Tensor) : Tensor =
+    use cls = features.select(1L, 0L)
+    match p.HeadDist with
+    | Some hd ->
+        use dist = features.select(1L, 1L)
+        use a = p.Head.forward cls
+        use b = hd.forward dist
+        (a + b).div_((2.0).ToScalar())
+    | None -> p.Head.forward cls
+
+/// The model as a TorchSharp module (the one object-oriented adapter): owns the parameters under timm's
+/// state-dict names; `forward` returns logits, `Run` everything else. Build it where it runs (`dd`).
+type SfMoeVit(config: VitConfig, dd: Dd, seed: int64 option) as this =
+    inherit torch.nn.Module<Tensor, Tensor>("SfMoeVit")
+
+    let config =
+        match VitConfig.validate config with
+        | Ok c -> c
+        | Error e -> invalidArg "config" e
+
+    let gen = seed |> Option.map (fun s -> generator s dd)
+    let layers, tokens = init config dd gen
+
+    do
+        for n, m in tree layers do
+            this.register_module(n, m)
+        for n, t in tokens do
+            this.register_parameter(n, t)
+        gen |> Option.iter (fun g -> g.Dispose())
+
+    new(config: VitConfig) = new SfMoeVit(config, Dd.cpu, None)
+
+    member _.Config = config
+    member _.Params = layers
+    member _.Dd = dd
+
+    /// The current prefix tokens and position embedding.
+    member this.Tokens: Tokens =
+        { Cls = this.get_parameter "cls_token"
+          Dist = if config.Distilled then Some(this.get_parameter "dist_token" :> Tensor) else None
+          Pos = this.get_parameter "pos_embed" }
+
+    /// Forward with everything: logits, features and (when asked) attention maps. `rng` drives dropout and
+    /// every other random choice in training mode (None: torch's global generator).
+    member this.Run
+        (
+            x: Tensor,
+            [<Optional; DefaultParameterValue(false)>] returnAttention: bool,
+            [<Optional; DefaultParameterValue(null: torch.Generator)>] rng: torch.Generator
+        ) : Output =
+        let ctx = { Training = this.training; Rng = Option.ofObj rng }
+        let feats, maps = forwardFeatures config ctx layers this.Tokens returnAttention x
+        { Logits = forwardHead layers feats; Features = feats; Attention = maps }
+
+    override this.forward(x: Tensor) : Tensor =
+        use o = this.Run(x)
+        o.Logits.alias ()
