@@ -1,6 +1,6 @@
 /// A pre-norm transformer block, two residual lines (timm Block):
 ///   x = x + drop_path(attn(norm1 x));  x = x + drop_path(ffn(norm2 x))
-/// where ffn is the dense Mlp for fusion blocks.
+/// where ffn is the dense Mlp (fusion block) or the Mixture-of-Experts layer (sparse block).
 module SfMoe.Core.Block
 
 open TorchSharp
@@ -11,7 +11,9 @@ open SfMoe.Core.Config
 open SfMoe.Core.Layers
 
 /// The FFN of a block.
-type Ffn = Dense of Mlp.Params
+type Ffn =
+    | DenseFfn of Mlp.Params
+    | MoeFfn of Moe.Params
 
 type Params =
     { Kind: BlockKind
@@ -21,10 +23,12 @@ type Params =
       Ffn: Ffn
       DropPath: float }
 
-/// What a block returns: its output and, when asked, its attention maps.
+/// What a block returns: its output, the weighted balance loss of a sparse block, and what was asked for.
 type Output =
     { X: Tensor
-      Attn: Tensor option }
+      Aux: Tensor option
+      Attn: Tensor option
+      Routing: Moe.Record option }
 
 let init (c: VitConfig) (dd: Dd) (g: torch.Generator option) (kind: BlockKind) (dropPath: float) : Params =
     let norm1 = layerNorm dd c.EmbedDim c.NormEps
@@ -32,33 +36,37 @@ let init (c: VitConfig) (dd: Dd) (g: torch.Generator option) (kind: BlockKind) (
     let norm2 = layerNorm dd c.EmbedDim c.NormEps
     let ffn =
         match kind with
-        | Fusion -> Dense(Mlp.init c dd g)
-        | Sparse -> invalidOp "sparse blocks are not available yet"
+        | Fusion -> DenseFfn(Mlp.init c dd g)
+        | Sparse -> MoeFfn(Moe.init c dd g)
     { Kind = kind; Norm1 = norm1; Attn = attn; Norm2 = norm2; Ffn = ffn; DropPath = dropPath }
 
-/// State-dict names (timm): norm1, attn.*, norm2, mlp.*.
+/// State-dict names (timm): norm1, attn.*, norm2, mlp.* (sparse blocks: mlp.gate.*, mlp.experts.*).
 let tree (p: Params) : (string * Module) list =
     let mlp =
         match p.Ffn with
-        | Dense m -> node (Mlp.tree m)
+        | DenseFfn m -> node (Mlp.tree m)
+        | MoeFfn m -> node (Moe.tree m)
     [ "norm1", p.Norm1 :> Module
       "attn", node (Attention.tree p.Attn) :> Module
       "norm2", p.Norm2 :> Module
       "mlp", mlp :> Module ]
 
 /// (B, N, D) -> (B, N, D)
-let forward (c: VitConfig) (ctx: Ctx) (p: Params) (wantAttn: bool) (x: Tensor) : Output =
-    let x1 =
+let forward (c: VitConfig) (ctx: Ctx) (p: Params) (wantAttn: bool) (wantRouting: bool) (x: Tensor) : Output =
+    let x1, maps =
         use y = p.Norm1.forward x
         let a, maps = Attention.forward c ctx p.Attn wantAttn y
         use a = a
         use ad = dropPath ctx p.DropPath a
         x + ad, maps
-    let x1, maps = x1
     use x1 = x1
     use z = p.Norm2.forward x1
-    use f =
+    let f, aux, routing =
         match p.Ffn with
-        | Dense m -> Mlp.forward c ctx m z
+        | DenseFfn m -> Mlp.forward c ctx m z, None, None
+        | MoeFfn m ->
+            let o = Moe.forward c ctx m wantRouting z
+            o.Y, Some o.Aux, o.Record
+    use f = f
     use fd = dropPath ctx p.DropPath f
-    { X = x1 + fd; Attn = maps }
+    { X = x1 + fd; Aux = aux; Attn = maps; Routing = routing }

@@ -124,6 +124,9 @@ module MoeConfig =
           (if not (m.ExpertDropout >= 0.0 && m.ExpertDropout < 1.0) then
                Some(sprintf "moe.expert_dropout must be in [0, 1), got %g" m.ExpertDropout)
            else None)
+          (if m.AuxLoss = LoadImportanceLoss && not (m.GateNoise > 0.0) then
+               Some "moe.aux_loss \"load_importance\" needs moe.gate_noise > 0 (it sets the scale of the load estimate)"
+           else None)
           (if m.CosineProjDim < 1 then Some(sprintf "moe.cosine_proj_dim must be >= 1, got %d" m.CosineProjDim) else None) ]
         |> List.choose id
         |> function

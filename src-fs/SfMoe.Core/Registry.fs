@@ -32,6 +32,7 @@ let private row name size patch img distilled pattern moe dpr classes desc =
       Moe = moe; DropPathRate = dpr; NumClasses = classes; Description = desc }
 
 let private sf = MoeConfig.sfmoe
+let private gm = MoeConfig.gmoe
 
 /// The registry, one row per variant.
 let all : ModelDef list =
@@ -44,7 +45,12 @@ let all : ModelDef list =
       row "deit_tiny_distilled_patch16_224" "tiny" 16 224 true "vit" sf 0.0 1000 "DeiT-Ti/16 distilled (cls + dist tokens)"
       row "deit_small_distilled_patch16_224" "small" 16 224 true "vit" sf 0.0 1000 "DeiT-S/16 distilled (SF-MoE's backbone)"
       row "deit_base_distilled_patch16_224" "base" 16 224 true "vit" sf 0.0 1000 "DeiT-B/16 distilled"
+      row "sfmoe_small_patch16_224" "small" 16 224 true "sfmoe-dg" sf 0.0 1000 "SF-MoE as released: DeiT-S distilled, MoE at blocks 5, 11 (E=4, top-2)"
+      row "sfmoe_paper_small_patch16_224" "small" 16 224 true "sfmoe" sf 0.0 1000 "SF-MoE with the paper's [S,F]x6 pattern"
+      row "gmoe_small_patch16_224" "small" 16 224 false "gmoe" gm 0.1 1000 "GMoE-S/16: DeiT-S, cosine top-1, E=6 at blocks 8, 10"
       row "vit_test_patch8_32" "test" 8 32 false "Fx4" sf 0.0 10 "tiny dense ViT for tests and examples (32x32)"
+      row "sfmoe_test_patch8_32" "test" 8 32 true "[F,S]x2" sf 0.0 10 "tiny SF-MoE for tests and examples (32x32, E=4, top-2)"
+      row "gmoe_test_patch8_32" "test" 8 32 false "[F,S]x2" { gm with CosineProjDim = 32 } 0.1 10 "tiny GMoE for tests (32x32, cosine top-1)"
       row "deit_test_distilled_patch8_32" "test" 8 32 true "Fx4" sf 0.0 10 "tiny distilled ViT for tests (32x32)" ]
 
 /// The config of a registry row.

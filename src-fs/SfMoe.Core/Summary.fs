@@ -21,13 +21,27 @@ let fusionBlockParams (c: VitConfig) : int64 =
     let mlp = d * h + h + h * d + d
     norms + qkv + proj + mlp
 
+/// Parameters of one sparse block in closed form: attention and norms as a fusion block, plus the router and
+/// E experts (with biases when configured).
+let sparseBlockParams (c: VitConfig) : int64 =
+    let d, h = int64 c.EmbedDim, int64 (VitConfig.hidden c)
+    let m = c.Moe
+    let e = int64 m.NumExperts
+    let attn = fusionBlockParams c - (d * h + h + h * d + d)
+    let router =
+        match m.Router with
+        | LinearRouter -> d * e
+        | CosineRouter -> let p = int64 m.CosineProjDim in d * p + p + p * e + 1L
+    let experts = e * (d * h + h * d) + (if m.ExpertBias then e * (h + d) else 0L)
+    attn + router + experts
+
 /// Total parameters in closed form.
 let totalParams (c: VitConfig) : int64 =
     let d, k = int64 c.EmbedDim, int64 c.NumClasses
     let patch = int64 c.InChans * int64 (c.PatchSize * c.PatchSize) * d + d
     let tokens = int64 (VitConfig.prefixTokens c) * d + int64 (VitConfig.numTokens c) * d
     let heads = int64 (if c.Distilled then 2 else 1) * (d * k + k)
-    let blocks = VitConfig.kinds c |> Array.sumBy (function Fusion -> fusionBlockParams c | Sparse -> 0L)
+    let blocks = VitConfig.kinds c |> Array.sumBy (function Fusion -> fusionBlockParams c | Sparse -> sparseBlockParams c)
     patch + tokens + blocks + 2L * d + heads
 
 /// Layout of a built model: embedding, each block, norm and head(s), with counted parameters.

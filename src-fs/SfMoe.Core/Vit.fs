@@ -32,13 +32,19 @@ type Output =
       Logits: Tensor
       /// (B, N, D) output of the final norm.
       Features: Tensor
+      /// Sum over sparse blocks of aux_loss_weight * balance loss (scalar; 0 without sparse blocks).
+      Aux: Tensor
       /// Per block, (B, heads, N, N) attention probabilities; empty unless asked for.
-      Attention: Tensor list }
+      Attention: Tensor list
+      /// Per sparse block (block index, record); empty unless asked for.
+      Routing: (int * Moe.Record) list }
     interface IDisposable with
         member this.Dispose() =
             this.Logits.Dispose()
             this.Features.Dispose()
+            this.Aux.Dispose()
             for a in this.Attention do a.Dispose()
+            for _, r in this.Routing do (r :> IDisposable).Dispose()
 
 let init (c: VitConfig) (dd: Dd) (g: torch.Generator option) : Params * (string * Parameter) list =
     let d = int64 c.EmbedDim
@@ -119,17 +125,37 @@ let embed (c: VitConfig) (ctx: Ctx) (p: Params) (tok: Tokens) (x: Tensor) : Tens
     use summed = all + pos
     dropout ctx (if ctx.Training then c.DropRate else 0.0) summed
 
-/// Blocks and final norm: (B, C, H, W) -> features (B, N, D) and per-block attention maps when asked.
-let forwardFeatures (c: VitConfig) (ctx: Ctx) (p: Params) (tok: Tokens) (wantAttn: bool) (x: Tensor) : Tensor * Tensor list =
+/// What the blocks produce besides the features.
+type Extras =
+    { Aux: Tensor
+      Attention: Tensor list
+      Routing: (int * Moe.Record) list }
+
+/// Blocks and final norm: (B, C, H, W) -> features (B, N, D), the summed aux loss, and per-block attention maps
+/// and routing records when asked.
+let forwardFeatures (c: VitConfig) (ctx: Ctx) (p: Params) (tok: Tokens) (wantAttn: bool) (wantRouting: bool) (x: Tensor) : Tensor * Extras =
     let h0 = embed c ctx p tok x
-    let h, maps =
+    let aux0 = torch.zeros([||], dtype = h0.dtype, device = h0.device)
+    let h, aux, maps, records =
         p.Blocks
-        |> Array.fold (fun (h: Tensor, maps) blk ->
-            let o = Block.forward c ctx blk wantAttn h
+        |> Array.indexed
+        |> Array.fold (fun (h: Tensor, aux: Tensor, maps, records) (i, blk) ->
+            let o = Block.forward c ctx blk wantAttn wantRouting h
             h.Dispose()
-            o.X, (match o.Attn with Some a -> a :: maps | None -> maps)) (h0, [])
+            let aux =
+                match o.Aux with
+                | Some a ->
+                    let s = aux + a
+                    aux.Dispose()
+                    a.Dispose()
+                    s
+                | None -> aux
+            o.X,
+            aux,
+            (match o.Attn with Some a -> a :: maps | None -> maps),
+            (match o.Routing with Some r -> (i, r) :: records | None -> records)) (h0, aux0, [], [])
     use h = h
-    p.Norm.forward h, List.rev maps
+    p.Norm.forward h, { Aux = aux; Attention = List.rev maps; Routing = List.rev records }
 
 /// Classifier head(s) on the prefix tokens: (B, N, D) -> (B, K).
 let forwardHead (p: Params) (features: Tensor) : Tensor =
@@ -180,11 +206,12 @@ type SfMoeVit(config: VitConfig, dd: Dd, seed: int64 option) as this =
         (
             x: Tensor,
             [<Optional; DefaultParameterValue(false)>] returnAttention: bool,
+            [<Optional; DefaultParameterValue(false)>] returnRouting: bool,
             [<Optional; DefaultParameterValue(null: torch.Generator)>] rng: torch.Generator
         ) : Output =
         let ctx = { Training = this.training; Rng = Option.ofObj rng }
-        let feats, maps = forwardFeatures config ctx layers this.Tokens returnAttention x
-        { Logits = forwardHead layers feats; Features = feats; Attention = maps }
+        let feats, ex = forwardFeatures config ctx layers this.Tokens returnAttention returnRouting x
+        { Logits = forwardHead layers feats; Features = feats; Aux = ex.Aux; Attention = ex.Attention; Routing = ex.Routing }
 
     override this.forward(x: Tensor) : Tensor =
         use o = this.Run(x)

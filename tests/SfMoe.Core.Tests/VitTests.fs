@@ -200,10 +200,11 @@ let tests =
             let live =
                 liveTensorsDuring (fun () ->
                     for _ in 1..100 do
-                        let feats, maps = forwardFeatures m.Config Ctx.eval m.Params m.Tokens true x
+                        let feats, ex = forwardFeatures m.Config Ctx.eval m.Params m.Tokens true false x
                         use logits = forwardHead m.Params feats
                         feats.Dispose()
-                        for a in maps do a.Dispose())
+                        ex.Aux.Dispose()
+                        for a in ex.Attention do a.Dispose())
             Expect.equal live 0L "layer functions dispose every temporary"
             let live = liveTensorsDuring (fun () -> for _ in 1..100 do (m.forward x).Dispose())
             Expect.equal live 0L "module forward"

@@ -1,0 +1,227 @@
+/// Model configs as JSON (snake_case keys, more keys allowed), so experiments and tools can state a model
+/// without code. Every error names the key at fault. A "model" key starts from a registry variant; the other
+/// keys override it. Without "model", img_size, patch_size, embed_dim, depth, num_heads and num_classes are
+/// required and the rest take timm's defaults (and SF-MoE's for "moe").
+module SfMoe.Core.ConfigJson
+
+open System
+open System.IO
+open System.Text.Json
+open SfMoe.Core.Pattern
+open SfMoe.Core.Config
+
+exception ConfigException of string
+    with override this.Message = this.Data0
+
+let private fail fmt = Printf.ksprintf (fun s -> raise (ConfigException s)) fmt
+
+let private kindName (k: JsonValueKind) =
+    match k with
+    | JsonValueKind.Number -> "a number"
+    | JsonValueKind.String -> "a string"
+    | JsonValueKind.True | JsonValueKind.False -> "a boolean"
+    | JsonValueKind.Object -> "an object"
+    | JsonValueKind.Array -> "an array"
+    | _ -> "null"
+
+type private Obj(path: string, el: JsonElement) =
+    member _.Path = path
+    member _.Key(k: string) = if path = "" then k else path + "." + k
+    member _.TryGet(k: string) =
+        match el.TryGetProperty k with
+        | true, v when v.ValueKind <> JsonValueKind.Null -> Some v
+        | _ -> None
+    member this.Int(k: string) =
+        this.TryGet k
+        |> Option.map (fun v ->
+            match v.ValueKind with
+            | JsonValueKind.Number ->
+                match v.TryGetInt32() with
+                | true, i -> i
+                | _ -> fail "%s must be an integer, got %s" (this.Key k) (v.GetRawText())
+            | kd -> fail "%s must be an integer, got %s" (this.Key k) (kindName kd))
+    member this.Float(k: string) =
+        this.TryGet k
+        |> Option.map (fun v ->
+            match v.ValueKind with
+            | JsonValueKind.Number -> v.GetDouble()
+            | kd -> fail "%s must be a number, got %s" (this.Key k) (kindName kd))
+    member this.Bool(k: string) =
+        this.TryGet k
+        |> Option.map (fun v ->
+            match v.ValueKind with
+            | JsonValueKind.True -> true
+            | JsonValueKind.False -> false
+            | kd -> fail "%s must be true or false, got %s" (this.Key k) (kindName kd))
+    member this.String(k: string) =
+        this.TryGet k
+        |> Option.map (fun v ->
+            match v.ValueKind with
+            | JsonValueKind.String -> v.GetString()
+            | kd -> fail "%s must be a string, got %s" (this.Key k) (kindName kd))
+    member this.Choice(k: string, choices: (string * 'a) list) =
+        this.String k
+        |> Option.map (fun s ->
+            match choices |> List.tryFind (fun (n, _) -> n = s) with
+            | Some(_, v) -> v
+            | None ->
+                let names = choices |> List.map (fun (n, _) -> "\"" + n + "\"")
+                fail "%s must be %s, got \"%s\"" (this.Key k) (String.Join(" or ", names)) s)
+    member this.Capacity(k: string) =
+        this.TryGet k
+        |> Option.map (fun v ->
+            match v.ValueKind with
+            | JsonValueKind.Number -> Factor(v.GetDouble())
+            | JsonValueKind.String when v.GetString() = "dropless" -> Dropless
+            | JsonValueKind.String -> fail "%s must be a number > 0 or \"dropless\", got \"%s\"" (this.Key k) (v.GetString())
+            | kd -> fail "%s must be a number > 0 or \"dropless\", got %s" (this.Key k) (kindName kd))
+    member this.Obj(k: string) =
+        this.TryGet k
+        |> Option.map (fun v ->
+            if v.ValueKind <> JsonValueKind.Object then fail "%s must be an object, got %s" (this.Key k) (kindName v.ValueKind)
+            Obj(this.Key k, v))
+
+let routers = [ "linear", LinearRouter; "cosine", CosineRouter ]
+let policies = [ "all", SecondAll; "none", SecondNone; "threshold", SecondThreshold; "random", SecondRandom ]
+let scopes = [ "image", PerImage; "batch", PerBatch ]
+let auxLosses = [ "gshard", GShardLoss; "load_importance", LoadImportanceLoss ]
+
+let private nameOf (choices: (string * 'a) list) (v: 'a) = choices |> List.find (fun (_, x) -> x = v) |> fst
+
+let private moeOf (o: Obj) (b: MoeConfig) : MoeConfig =
+    let d (x: 'a option) (dflt: 'a) = defaultArg x dflt
+    { NumExperts = d (o.Int "num_experts") b.NumExperts
+      TopK = d (o.Int "top_k") b.TopK
+      Router = d (o.Choice("router", routers)) b.Router
+      SecondPolicy = d (o.Choice("second_policy", policies)) b.SecondPolicy
+      SecondThreshold = d (o.Float "second_threshold") b.SecondThreshold
+      CapacityTrain = d (o.Capacity "capacity_factor_train") b.CapacityTrain
+      CapacityEval = d (o.Capacity "capacity_factor_eval") b.CapacityEval
+      MinCapacity = d (o.Int "min_capacity") b.MinCapacity
+      Scope = d (o.Choice("capacity_scope", scopes)) b.Scope
+      BatchPrioritized = d (o.Bool "batch_prioritized") b.BatchPrioritized
+      GateNoise = d (o.Float "gate_noise") b.GateNoise
+      AuxLoss = d (o.Choice("aux_loss", auxLosses)) b.AuxLoss
+      AuxLossWeight = d (o.Float "aux_loss_weight") b.AuxLossWeight
+      ExpertBias = d (o.Bool "expert_bias") b.ExpertBias
+      ExpertDropout = d (o.Float "expert_dropout") b.ExpertDropout
+      CosineProjDim = d (o.Int "cosine_proj_dim") b.CosineProjDim }
+
+/// Parse and validate a config from a JSON element; `resolveModel` looks up the optional "model" key.
+let ofElement (resolveModel: string -> Result<VitConfig, string>) (el: JsonElement) : VitConfig =
+    if el.ValueKind <> JsonValueKind.Object then fail "a model config must be a JSON object, got %s" (kindName el.ValueKind)
+    let o = Obj("", el)
+    let baseCfg =
+        match o.String "model" with
+        | Some name ->
+            match resolveModel name with
+            | Ok c -> Some c
+            | Error e -> fail "model: %s" e
+        | None -> None
+    let req (k: string) (v: int option) (fromBase: VitConfig -> int) =
+        match v, baseCfg with
+        | Some x, _ -> x
+        | None, Some b -> fromBase b
+        | None, None -> fail "%s is required (or name a registry model with \"model\")" k
+    let embed = req "embed_dim" (o.Int "embed_dim") (fun b -> b.EmbedDim)
+    let depth = req "depth" (o.Int "depth") (fun b -> b.Depth)
+    let heads = req "num_heads" (o.Int "num_heads") (fun b -> b.NumHeads)
+    let b = match baseCfg with Some b -> b | None -> VitConfig.create embed depth heads
+    let d (x: 'a option) (dflt: 'a) = defaultArg x dflt
+    let pattern =
+        match o.String "pattern" with
+        | Some p ->
+            match resolve p with
+            | Ok p -> p
+            | Error e -> fail "pattern: %s" (string e)
+        | None -> if depth = b.Depth then b.Pattern else dense depth
+    let moeBase =
+        match o.Obj "moe" with
+        | Some m ->
+            // A cosine router without a base model starts from GMoE's defaults, a linear one from SF-MoE's.
+            let start =
+                match baseCfg, m.Choice("router", routers) with
+                | None, Some CosineRouter -> MoeConfig.gmoe
+                | _ -> b.Moe
+            moeOf m start
+        | None -> b.Moe
+    let cfg =
+        { ImgSize = req "img_size" (o.Int "img_size") (fun b -> b.ImgSize)
+          PatchSize = req "patch_size" (o.Int "patch_size") (fun b -> b.PatchSize)
+          InChans = d (o.Int "in_chans") b.InChans
+          EmbedDim = embed
+          Depth = depth
+          NumHeads = heads
+          MlpRatio = d (o.Float "mlp_ratio") b.MlpRatio
+          NumClasses = req "num_classes" (o.Int "num_classes") (fun b -> b.NumClasses)
+          Distilled = d (o.Bool "distilled") b.Distilled
+          QkvBias = d (o.Bool "qkv_bias") b.QkvBias
+          DropRate = d (o.Float "drop_rate") b.DropRate
+          AttnDropRate = d (o.Float "attn_drop_rate") b.AttnDropRate
+          DropPathRate = d (o.Float "drop_path_rate") b.DropPathRate
+          NormEps = d (o.Float "norm_eps") b.NormEps
+          Pattern = pattern
+          Moe = moeBase }
+    match VitConfig.validate cfg with
+    | Ok c -> c
+    | Error e -> fail "%s" e
+
+/// Parse a config from JSON text.
+let parse (resolveModel: string -> Result<VitConfig, string>) (json: string) : VitConfig =
+    let doc =
+        try JsonDocument.Parse(json, JsonDocumentOptions(CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true))
+        with :? JsonException as e -> fail "invalid JSON: %s" e.Message
+    use doc = doc
+    ofElement resolveModel doc.RootElement
+
+let private capJson (w: Utf8JsonWriter) (k: string) (c: Capacity) =
+    match c with
+    | Factor f -> w.WriteNumber(k, f)
+    | Dropless -> w.WriteString(k, "dropless")
+
+/// Write a config's keys into an open JSON object.
+let writeMembers (w: Utf8JsonWriter) (c: VitConfig) =
+    w.WriteNumber("img_size", c.ImgSize)
+    w.WriteNumber("patch_size", c.PatchSize)
+    w.WriteNumber("in_chans", c.InChans)
+    w.WriteNumber("embed_dim", c.EmbedDim)
+    w.WriteNumber("depth", c.Depth)
+    w.WriteNumber("num_heads", c.NumHeads)
+    w.WriteNumber("mlp_ratio", c.MlpRatio)
+    w.WriteNumber("num_classes", c.NumClasses)
+    w.WriteBoolean("distilled", c.Distilled)
+    w.WriteBoolean("qkv_bias", c.QkvBias)
+    w.WriteNumber("drop_rate", c.DropRate)
+    w.WriteNumber("attn_drop_rate", c.AttnDropRate)
+    w.WriteNumber("drop_path_rate", c.DropPathRate)
+    w.WriteNumber("norm_eps", c.NormEps)
+    w.WriteString("pattern", print c.Pattern)
+    let m = c.Moe
+    w.WriteStartObject "moe"
+    w.WriteNumber("num_experts", m.NumExperts)
+    w.WriteNumber("top_k", m.TopK)
+    w.WriteString("router", nameOf routers m.Router)
+    w.WriteString("second_policy", nameOf policies m.SecondPolicy)
+    w.WriteNumber("second_threshold", m.SecondThreshold)
+    capJson w "capacity_factor_train" m.CapacityTrain
+    capJson w "capacity_factor_eval" m.CapacityEval
+    w.WriteNumber("min_capacity", m.MinCapacity)
+    w.WriteString("capacity_scope", nameOf scopes m.Scope)
+    w.WriteBoolean("batch_prioritized", m.BatchPrioritized)
+    w.WriteNumber("gate_noise", m.GateNoise)
+    w.WriteString("aux_loss", nameOf auxLosses m.AuxLoss)
+    w.WriteNumber("aux_loss_weight", m.AuxLossWeight)
+    w.WriteBoolean("expert_bias", m.ExpertBias)
+    w.WriteNumber("expert_dropout", m.ExpertDropout)
+    w.WriteNumber("cosine_proj_dim", m.CosineProjDim)
+    w.WriteEndObject()
+
+/// A config as JSON text (round-trips through `parse`).
+let toJson (indented: bool) (c: VitConfig) : string =
+    use ms = new MemoryStream()
+    do
+        use w = new Utf8JsonWriter(ms, JsonWriterOptions(Indented = indented))
+        w.WriteStartObject()
+        writeMembers w c
+        w.WriteEndObject()
+    Text.Encoding.UTF8.GetString(ms.ToArray())

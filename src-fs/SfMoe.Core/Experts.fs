@@ -1,0 +1,104 @@
+/// A bank of E two-layer FFN experts held as batched weights: w1 (E, D, H), w2 (E, H, D), optional biases b1 (E, H)
+/// and b2 (E, D) (lucidrains layout and names; tutel's transposed layout is mapped on load). Experts run on
+/// contiguous slices of token rows sorted by expert: no padding, no one-hot dispatch.
+module SfMoe.Core.Experts
+
+open TorchSharp
+open TorchSharp.Modules
+open SfMoe.Core.Tensors
+open SfMoe.Core.Config
+open SfMoe.Core.Layers
+
+/// The expert weights (a leaf module; parameters are read by name at every use).
+type ExpertBank(numExperts: int, dim: int, hidden: int, bias: bool, dd: Dd, g: torch.Generator option) as this =
+    inherit Module("experts")
+
+    let e, d, h = int64 numExperts, int64 dim, int64 hidden
+
+    do
+        // SF-MoE (lucidrains init_): U(-1/sqrt(last dim), +1/sqrt(last dim)) for both weights.
+        let w1 = parameter dd [| e; d; h |]
+        Init.uniform (-1.0 / sqrt (float hidden)) (1.0 / sqrt (float hidden)) g w1
+        let w2 = parameter dd [| e; h; d |]
+        Init.uniform (-1.0 / sqrt (float dim)) (1.0 / sqrt (float dim)) g w2
+        this.register_parameter("w1", w1)
+        this.register_parameter("w2", w2)
+        if bias then
+            // nn.Linear's default bias init (tutel builds its experts from nn.Linear).
+            let b1 = parameter dd [| e; h |]
+            Init.uniform (-1.0 / sqrt (float dim)) (1.0 / sqrt (float dim)) g b1
+            let b2 = parameter dd [| e; d |]
+            Init.uniform (-1.0 / sqrt (float hidden)) (1.0 / sqrt (float hidden)) g b2
+            this.register_parameter("b1", b1)
+            this.register_parameter("b2", b2)
+
+    member _.NumExperts = numExperts
+    member _.Dim = dim
+    member _.Hidden = hidden
+    member _.HasBias = bias
+    member this.W1: Tensor = this.get_parameter "w1"
+    member this.W2: Tensor = this.get_parameter "w2"
+    member this.B1: Tensor option = if bias then Some(this.get_parameter "b1" :> Tensor) else None
+    member this.B2: Tensor option = if bias then Some(this.get_parameter "b2" :> Tensor) else None
+
+let init (c: VitConfig) (dd: Dd) (g: torch.Generator option) : ExpertBank =
+    new ExpertBank(c.Moe.NumExperts, c.EmbedDim, VitConfig.hidden c, c.Moe.ExpertBias, dd, g)
+
+/// One expert on a slice of rows: (n, D) -> (n, D).
+let private runOne (ctx: Ctx) (dropoutP: float) (bank: ExpertBank) (e: int64) (x: Tensor) : Tensor =
+    use w1 = bank.W1.select(0L, e) // (D, H)
+    use w2 = bank.W2.select(0L, e) // (H, D)
+    use h =
+        match bank.B1 with
+        | Some b1 ->
+            use b = b1.select(0L, e)
+            torch.addmm(b, x, w1, 1.0f, 1.0f)
+        | None -> torch.matmul(x, w1) // (n, H)
+    use a = torch.nn.functional.gelu h
+    use ad = dropout ctx dropoutP a
+    match bank.B2 with
+    | Some b2 ->
+        use b = b2.select(0L, e)
+        torch.addmm(b, ad, w2, 1.0f, 1.0f)
+    | None -> torch.matmul(ad, w2) // (n, D)
+
+/// Run the experts on rows sorted by expert: x (P, D) where the first counts[0] rows go to expert 0, the next
+/// counts[1] to expert 1, ...; returns (P, D) in the same order.
+let forwardSorted (ctx: Ctx) (dropoutP: float) (bank: ExpertBank) (x: Tensor) (counts: int64[]) : Tensor =
+    let dropoutP = if ctx.Training then dropoutP else 0.0
+    let outs =
+        [| let mutable off = 0L
+           for e in 0 .. counts.Length - 1 do
+               let n = counts[e]
+               if n > 0L then
+                   use slice = x.narrow(0L, off, n)
+                   yield runOne ctx dropoutP bank (int64 e) slice
+               off <- off + n |]
+    match outs with
+    | [||] -> torch.zeros_like x
+    | [| one |] -> one
+    | many ->
+        let y = torch.cat(many, 0L)
+        for t in many do t.Dispose()
+        y
+
+/// Every expert applied to every row: x (n, D) -> (E, n, D). For tests and analysis, not for the forward pass.
+let applyAll (bank: ExpertBank) (x: Tensor) : Tensor =
+    let ys = [| for e in 0L .. int64 bank.NumExperts - 1L -> runOne Ctx.eval 0.0 bank e x |]
+    let y = torch.stack(ys, 0L)
+    for t in ys do t.Dispose()
+    y
+
+/// Dense-to-MoE upcycling (GMoE): copy a dense FFN (fc1: Linear(D, H), fc2: Linear(H, D)) into every expert.
+/// Biases are copied when the bank has them (SF-MoE's .npz path, which has none, drops them).
+let copyDense (bank: ExpertBank) (fc1: Linear) (fc2: Linear) : unit =
+    use _ = torch.no_grad ()
+    use w1 = fc1.weight.t () // (D, H)
+    use w2 = fc2.weight.t () // (H, D)
+    bank.W1.copy_(w1) |> ignore // broadcast over E
+    bank.W2.copy_(w2) |> ignore
+    match bank.B1, bank.B2 with
+    | Some b1, Some b2 ->
+        b1.copy_(fc1.bias) |> ignore
+        b2.copy_(fc2.bias) |> ignore
+    | _ -> ()
