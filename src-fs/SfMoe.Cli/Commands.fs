@@ -6,18 +6,83 @@ open System.Diagnostics
 open Argu
 open TorchSharp
 open SfMoe
+open SfMoe.Core
+open SfMoe.Core.Tensors
 open SfMoe.Cli.Output
 
 type PatternArgs =
     | [<MainCommand; ExactlyOnce>] Pattern of pattern: string
     | Depth of n: int
+    | Model of name: string
+    | Model_Config of file: string
     | Json
     interface IArgParserTemplate with
         member a.Usage =
             match a with
             | Pattern _ -> "a block pattern such as \"[S,F]x6\", \"Fx5,S,Fx5,S\", \"SFSF\", or a preset (sfmoe, sfmoe-dg, gmoe, vit)"
             | Depth _ -> "check that the pattern has exactly this many blocks"
-            | Json -> "print {\"pattern\": ..., \"blocks\": [...]}"
+            | Model _ -> "also print parameters and multiply-accumulates per block of this registry model with the pattern"
+            | Model_Config _ -> "the same for a model config JSON file"
+            | Json -> "print {\"pattern\": ..., \"blocks\": [...]} (and the per-block table with --model)"
+
+type ForwardArgs =
+    | Model of name: string
+    | Model_Config of file: string
+    | [<Mandatory>] Weights of file: string
+    | [<Mandatory>] Input of file: string
+    | [<Mandatory>] Output of file: string
+    | Mode of mode: string
+    | Second_Policy of policy: string
+    | Seed of n: int64
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Model _ -> "registry model"
+            | Model_Config _ -> "model config JSON file (snake_case keys; see README)"
+            | Weights _ -> "weights (.safetensors) by name; SF-MoE-DG and GMoE key names of sparse blocks are mapped"
+            | Input _ -> ".safetensors file holding the input tensor x (B, C, H, W)"
+            | Output _ -> ".safetensors file to write: logits, aux_loss, routing.{b}.index_1/index_2/kept_1/kept_2/gate_1/gate_2"
+            | Mode _ -> "eval (default) or train (training capacity, dropout, gate noise)"
+            | Second_Policy _ -> "override the second-expert policy: all, none, threshold or random"
+            | Seed _ -> "seed of the random draws (random policy, gate noise, dropout); default 0"
+
+type BenchMoeArgs =
+    | Dim of n: int
+    | Hidden of n: int
+    | Experts of n: int
+    | Top_K of k: int
+    | Tokens of n: int64
+    | Tokens_Per_Image of n: int64
+    | Capacity of factor: string
+    | Policy of policy: string
+    | Scope of scope: string
+    | Threads of n: int
+    | Warmup of n: int
+    | Repeats of n: int
+    | Json
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Dim _ -> "model dim D (default 384)"
+            | Hidden _ -> "expert and FFN hidden size H (default 1536)"
+            | Experts _ -> "number of experts E (default 4)"
+            | Top_K _ -> "1 or 2 (default 2)"
+            | Tokens _ -> "tokens per step (default 6336 = 32 images x 198 tokens)"
+            | Tokens_Per_Image _ -> "tokens per image: the capacity group with --scope image (default 198)"
+            | Capacity _ -> "dropless or a capacity factor (default 1.25)"
+            | Policy _ -> "second-expert policy: all (default), none, threshold or random"
+            | Scope _ -> "capacity scope: image (default) or batch"
+            | Threads _ -> "CPU threads (default: all cores)"
+            | Warmup _ -> "untimed runs first (default 3)"
+            | Repeats _ -> "timed runs; the median is reported (default 10)"
+            | Json -> "print {\"moe_ms\": .., \"dense_ms\": .., \"ratio\": .., ...}"
+
+type BenchArgs =
+    | [<CliPrefix(CliPrefix.None)>] Moe of ParseResults<BenchMoeArgs>
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Moe _ -> "forward+backward of the MoE layer against a dense FFN with the same tokens and dims"
 
 type ModelsArgs =
     | Json
@@ -51,6 +116,8 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Pattern of ParseResults<PatternArgs>
     | [<CliPrefix(CliPrefix.None)>] Models of ParseResults<ModelsArgs>
     | [<CliPrefix(CliPrefix.None)>] Summary of ParseResults<SummaryArgs>
+    | [<CliPrefix(CliPrefix.None)>] Forward of ParseResults<ForwardArgs>
+    | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
     | [<AltCommandLine("-V")>] Version
     interface IArgParserTemplate with
         member a.Usage =
@@ -58,6 +125,8 @@ type Command =
             | Pattern _ -> "parse a block pattern: canonical form and expanded block kinds"
             | Models _ -> "list the model registry"
             | Summary _ -> "build a model, run it on a random batch, print its block layout and output shape"
+            | Forward _ -> "run a model with given weights on an input tensor, write logits, aux loss and routing"
+            | Bench _ -> "benchmarks (ratios measured side by side in one run)"
             | Version -> "print the version"
 
 /// JSON shape of `sfmoe pattern --json` (field order as documented).
@@ -65,19 +134,68 @@ type PatternJson = { pattern: string; blocks: string seq }
 
 let private positive name (v: int) = if v < 1 then fail "--%s must be >= 1, got %d" name v else v
 
+/// A model config from a registry name or a JSON file (exactly one of them).
+let loadConfig (model: string option) (file: string option) : Config.VitConfig =
+    match model, file with
+    | Some _, Some _ -> fail "give --model or --model-config, not both"
+    | None, None -> fail "give --model NAME or --model-config FILE"
+    | Some name, None ->
+        match Registry.tryCreate name with
+        | Ok c -> c
+        | Error e -> fail "%s" e
+    | None, Some path ->
+        if not (IO.File.Exists path) then fail "model config %s: file not found" path
+        try ConfigJson.parse Registry.tryCreate (IO.File.ReadAllText path)
+        with ConfigJson.ConfigException msg -> fail "model config %s: %s" path msg
+
+type PartJson = { name: string; kind: string; ``params``: int64; active_params: int64; macs: int64 }
+type PatternModelJson = { pattern: string; blocks: string seq; parts: PartJson list; total_params: int64; total_macs: int64 }
+
 let pattern (a: ParseResults<PatternArgs>) =
     let text = a.GetResult PatternArgs.Pattern
+    let model = a.TryGetResult PatternArgs.Model
+    let file = a.TryGetResult PatternArgs.Model_Config
     let info =
-        match a.TryGetResult PatternArgs.Depth with
-        | Some d -> Patterns.Parse(text, positive "depth" d)
-        | None -> Patterns.Parse text
+        match a.TryGetResult PatternArgs.Depth, model, file with
+        | Some d, _, _ -> Patterns.Parse(text, positive "depth" d)
+        | None, None, None -> Patterns.Parse text
+        | None, _, _ -> Patterns.Parse text
+    let table =
+        if model.IsNone && file.IsNone then None
+        else
+            let c = loadConfig model file
+            let p = Core.Pattern.parseOrFail info.Canonical
+            let c = { c with Pattern = p }
+            match Config.VitConfig.validate c with
+            | Error e -> fail "%s" e
+            | Ok c -> Some(Summary.table c)
     if a.Contains PatternArgs.Json then
-        Console.WriteLine(json { pattern = info.Canonical; blocks = info.Blocks })
+        match table with
+        | None -> Console.WriteLine(json { pattern = info.Canonical; blocks = info.Blocks })
+        | Some t ->
+            let parts = [ for n, k, p, ap, m in t -> { name = n; kind = k; ``params`` = p; active_params = ap; macs = m } ]
+            Console.WriteLine(
+                json
+                    { pattern = info.Canonical
+                      blocks = info.Blocks
+                      parts = parts
+                      total_params = parts |> List.sumBy (fun p -> p.``params``)
+                      total_macs = parts |> List.sumBy (fun p -> p.macs) })
     else
         Console.WriteLine("pattern: " + info.Canonical)
         Console.WriteLine(sprintf "blocks (%d): %s" info.Depth (String.Join(" ", info.Blocks)))
         let sparse = info.Blocks |> Seq.indexed |> Seq.filter (fun (_, k) -> k = "S") |> Seq.map (fst >> string) |> Seq.toList
         Console.WriteLine("sparse blocks (0-based): " + (if sparse.IsEmpty then "none" else String.Join(", ", sparse)))
+        match table with
+        | None -> ()
+        | Some t ->
+            let mac (m: int64) = sprintf "%.1fM" (float m / 1e6)
+            Output.table Console.Out
+                [ yield [ "part"; "kind"; "params"; "active/token"; "MACs/image" ]
+                  for n, k, p, ap, m in t -> [ n; k; thousands p; thousands ap; mac m ]
+                  yield [ "total"; ""; thousands (t |> List.sumBy (fun (_, _, p, _, _) -> p))
+                          thousands (t |> List.sumBy (fun (_, _, _, ap, _) -> ap))
+                          sprintf "%.2fG" (float (t |> List.sumBy (fun (_, _, _, _, m) -> m)) / 1e9) ] ]
     0
 
 let models (a: ParseResults<ModelsArgs>) =
@@ -118,4 +236,89 @@ let summary (a: ParseResults<SummaryArgs>) =
     use y = model.Forward x
     sw.Stop()
     Console.WriteLine(sprintf "input %s -> logits %s in %.1f ms" (Core.Tensors.shapeString x) (Core.Tensors.shapeString y) sw.Elapsed.TotalMilliseconds)
+    0
+
+let private parseChoice (what: string) (choices: (string * 'a) list) (s: string) =
+    match choices |> List.tryFind (fun (n, _) -> n = s) with
+    | Some(_, v) -> v
+    | None -> fail "%s must be %s, got %s" what (String.Join(", ", choices |> List.map fst)) s
+
+let private parseCapacity (s: string) =
+    if s = "dropless" then Config.Dropless
+    else
+        match Double.TryParse(s, Globalization.NumberStyles.Float, Globalization.CultureInfo.InvariantCulture) with
+        | true, f when f > 0.0 -> Config.Factor f
+        | _ -> fail "--capacity must be dropless or a number > 0, got %s" s
+
+let forward (a: ParseResults<ForwardArgs>) =
+    let cfg = loadConfig (a.TryGetResult ForwardArgs.Model) (a.TryGetResult ForwardArgs.Model_Config)
+    let cfg =
+        match a.TryGetResult ForwardArgs.Second_Policy with
+        | Some p -> { cfg with Moe = { cfg.Moe with SecondPolicy = parseChoice "--second-policy" ConfigJson.policies p } }
+        | None -> cfg
+    let training =
+        match a.GetResult(ForwardArgs.Mode, defaultValue = "eval") with
+        | "eval" -> false
+        | "train" -> true
+        | m -> fail "--mode must be eval or train, got %s" m
+    let seed = a.GetResult(ForwardArgs.Seed, defaultValue = 0L)
+    let weightsPath = a.GetResult ForwardArgs.Weights
+    let inputPath = a.GetResult ForwardArgs.Input
+    let outputPath = a.GetResult ForwardArgs.Output
+    let read (what: string) (path: string) =
+        try SafeTensors.read path
+        with SafeTensors.SafeTensorsException msg -> fail "%s %s" what msg
+    use weights = read "weights" weightsPath
+    use input = read "input" inputPath
+    let x =
+        match input.Find "x" with
+        | Some x -> x
+        | None -> fail "input %s: no tensor named x (found: %s)" inputPath (String.Join(", ", input.Tensors |> List.map fst))
+    use model = new Vit.SfMoeVit(cfg, Dd.cpu, Some seed)
+    let mapped = KeyMap.fromAuthors weights.Tensors
+    try Weights.load true model mapped.Tensors |> ignore
+    with Weights.WeightsException msg -> fail "weights %s: %s" weightsPath msg
+    if training then model.train () |> ignore else model.eval () |> ignore
+    use x32 = x.to_type(torch.ScalarType.Float32)
+    use g = generator seed Dd.cpu
+    use _ = torch.no_grad ()
+    use o =
+        try model.Run(x32, returnRouting = true, rng = g)
+        with :? ArgumentException as e -> fail "input %s: %s" inputPath (e.Message.Split(" (Parameter")[0])
+    let routing =
+        [ for b, r in o.Routing do
+              let k = r.Index.shape[2]
+              for j in 0L .. k - 1L do
+                  yield sprintf "routing.%d.index_%d" b (j + 1L), r.Index.select(2L, j).contiguous ()
+                  yield sprintf "routing.%d.kept_%d" b (j + 1L), r.Kept.select(2L, j).to_type(torch.ScalarType.Int64)
+                  yield sprintf "routing.%d.gate_%d" b (j + 1L), r.Gate.select(2L, j).contiguous () ]
+    let meta = Map.ofList [ "config", ConfigJson.toJson false cfg; "mode", (if training then "train" else "eval"); "seed", string seed ]
+    try SafeTensors.write outputPath meta ([ "logits", o.Logits; "aux_loss", o.Aux ] @ routing)
+    with SafeTensors.SafeTensorsException msg -> fail "output %s" msg
+    for _, t in routing do t.Dispose()
+    Console.WriteLine(sprintf "wrote %s: logits %s, aux_loss %.6g, %d sparse blocks" outputPath (Core.Tensors.shapeString o.Logits) (o.Aux.item<float32> ()) o.Routing.Length)
+    0
+
+let benchMoe (a: ParseResults<BenchMoeArgs>) =
+    a.TryGetResult BenchMoeArgs.Threads |> Option.iter (fun t -> torch.set_num_threads (positive "threads" t))
+    let r =
+        Bench.moe
+            (positive "dim" (a.GetResult(BenchMoeArgs.Dim, defaultValue = 384)))
+            (positive "hidden" (a.GetResult(BenchMoeArgs.Hidden, defaultValue = 1536)))
+            (positive "experts" (a.GetResult(BenchMoeArgs.Experts, defaultValue = 4)))
+            (a.GetResult(BenchMoeArgs.Top_K, defaultValue = 2))
+            (a.GetResult(BenchMoeArgs.Tokens, defaultValue = 6336L))
+            (a.GetResult(BenchMoeArgs.Tokens_Per_Image, defaultValue = 198L))
+            (parseCapacity (a.GetResult(BenchMoeArgs.Capacity, defaultValue = "1.25")))
+            (parseChoice "--policy" ConfigJson.policies (a.GetResult(BenchMoeArgs.Policy, defaultValue = "all")))
+            (parseChoice "--scope" ConfigJson.scopes (a.GetResult(BenchMoeArgs.Scope, defaultValue = "image")))
+            (a.GetResult(BenchMoeArgs.Warmup, defaultValue = 3))
+            (positive "repeats" (a.GetResult(BenchMoeArgs.Repeats, defaultValue = 10)))
+    if a.Contains BenchMoeArgs.Json then Console.WriteLine(json r)
+    else
+        Console.WriteLine(sprintf "MoE layer: D %d, H %d, E %d, top-%d, policy %s, capacity %s per %s, %d tokens, %d threads"
+                            r.dim r.hidden r.experts r.top_k r.policy r.capacity_factor r.scope r.tokens r.threads)
+        Console.WriteLine(sprintf "  token-expert pairs processed: %d (%.3f per token, capacity %d)" r.pairs r.pairs_per_token r.capacity)
+        Console.WriteLine(sprintf "  forward+backward, median: MoE %.1f ms, dense FFN %.1f ms, ratio %.3f" r.moe_ms r.dense_ms r.ratio)
+        Console.WriteLine(sprintf "  split: experts %.1f ms, router + sort + gather/scatter %.1f ms (%.1f%% of the layer)" r.experts_ms r.routing_ms (100.0 * r.routing_fraction))
     0

@@ -59,3 +59,46 @@ let parts (m: SfMoe.Core.Vit.SfMoeVit) : Part list =
           { Name = "head"
             Kind = (if c.Distilled then "head+head_dist" else "head")
             Params = countParams p.Head + (p.HeadDist |> Option.map countParams |> Option.defaultValue 0L) } ]
+
+/// Multiply-accumulates of one block's forward pass per image of N tokens (attention and FFN; a sparse block
+/// counts its router and k experts per token, the most its capacity lets through).
+let blockMacs (c: VitConfig) (n: int64) (kind: BlockKind) : int64 =
+    let d, h = int64 c.EmbedDim, int64 (VitConfig.hidden c)
+    let attn = n * d * 3L * d + 2L * n * n * d + n * d * d
+    let ffn =
+        match kind with
+        | Fusion -> 2L * n * d * h
+        | Sparse ->
+            let m = c.Moe
+            let router =
+                match m.Router with
+                | LinearRouter -> n * d * int64 m.NumExperts
+                | CosineRouter -> n * (d * int64 m.CosineProjDim + int64 m.CosineProjDim * int64 m.NumExperts)
+            router + int64 m.TopK * 2L * n * d * h
+    attn + ffn
+
+/// Parameters used per token: a sparse block counts its router and k of its E experts.
+let activeBlockParams (c: VitConfig) (kind: BlockKind) : int64 =
+    match kind with
+    | Fusion -> fusionBlockParams c
+    | Sparse ->
+        let m = c.Moe
+        let d, h = int64 c.EmbedDim, int64 (VitConfig.hidden c)
+        let e = int64 m.NumExperts
+        let perExpert = d * h + h * d + (if m.ExpertBias then h + d else 0L)
+        sparseBlockParams c - (e - int64 m.TopK) * perExpert
+
+/// Per-part table of a config: name, kind, parameters, active parameters per token, MACs per image.
+let table (c: VitConfig) : (string * string * int64 * int64 * int64) list =
+    let n = int64 (VitConfig.numTokens c)
+    let d, k = int64 c.EmbedDim, int64 c.NumClasses
+    let np = int64 (VitConfig.numPatches c)
+    let patchParams = int64 c.InChans * int64 (c.PatchSize * c.PatchSize) * d + d
+    let embed = patchParams + int64 (VitConfig.prefixTokens c) * d + n * d
+    let heads = int64 (if c.Distilled then 2 else 1)
+    [ yield "embed", "patch+tokens", embed, embed, np * (patchParams - d)
+      for i, kind in Array.indexed (VitConfig.kinds c) do
+          let p = match kind with Fusion -> fusionBlockParams c | Sparse -> sparseBlockParams c
+          yield sprintf "blocks.%d" i, BlockKind.letter kind, p, activeBlockParams c kind, blockMacs c n kind
+      yield "norm", "norm", 2L * d, 2L * d, 0L
+      yield "head", (if c.Distilled then "head+head_dist" else "head"), heads * (d * k + k), heads * (d * k + k), heads * d * k ]

@@ -1,0 +1,147 @@
+/// Benchmarks that print ratios measured side by side in one run (the machines are shared and noisy: compare
+/// ratios, not absolute times across runs).
+module SfMoe.Cli.Bench
+
+open System
+open System.Diagnostics
+open TorchSharp
+open SfMoe.Core
+open SfMoe.Core.Tensors
+open SfMoe.Core.Config
+open SfMoe.Core.Pattern
+
+/// Median of a list of timings.
+let median (xs: float list) =
+    let a = List.sort xs |> List.toArray
+    if a.Length = 0 then nan
+    elif a.Length % 2 = 1 then a[a.Length / 2]
+    else (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2.0
+
+/// Time `f` (ms): `warmup` untimed runs, then `repeats` timed ones, each in its own dispose scope.
+let time (warmup: int) (repeats: int) (f: unit -> unit) : float list =
+    let run () =
+        use _ = torch.NewDisposeScope()
+        f ()
+    for _ in 1..warmup do run ()
+    [ for _ in 1..repeats ->
+          let sw = Stopwatch.StartNew()
+          run ()
+          sw.Elapsed.TotalMilliseconds ]
+
+type MoeBenchResult =
+    { moe_ms: float
+      dense_ms: float
+      ratio: float
+      experts_ms: float
+      routing_ms: float
+      routing_fraction: float
+      tokens: int64
+      pairs: int64
+      pairs_per_token: float
+      capacity: int64
+      threads: int
+      dim: int
+      hidden: int
+      experts: int
+      top_k: int
+      policy: string
+      capacity_factor: string
+      scope: string }
+
+/// Forward+backward of the MoE layer and of a dense FFN with the same tokens and dims, interleaved so both see
+/// the same machine load. The routing share = (layer - experts alone on the same sorted tokens) / layer.
+let moe (dim: int) (hidden: int) (experts: int) (topK: int) (tokens: int64) (tokensPerImage: int64) (cap: Capacity)
+        (policy: SecondPolicy) (scope: CapacityScope) (warmup: int) (repeats: int) : MoeBenchResult =
+    let m =
+        { MoeConfig.sfmoe with
+            NumExperts = experts
+            TopK = topK
+            SecondPolicy = policy
+            CapacityTrain = cap
+            Scope = scope
+            MinCapacity = 4 }
+    let c =
+        { VitConfig.create dim 1 1 with
+            MlpRatio = float hidden / float dim
+            Pattern = parseOrFail "S"
+            Moe = m }
+    match VitConfig.validate c with
+    | Error e -> raise (Output.UsageError e)
+    | Ok _ -> ()
+    if tokens % tokensPerImage <> 0L then
+        raise (Output.UsageError(sprintf "--tokens (%d) must be a multiple of the tokens per image (%d)" tokens tokensPerImage))
+    let dd = Dd.cpu
+    let g = Some(generator 0L dd)
+    let moeP = Moe.init c dd g
+    let dense = Mlp.init c dd g
+    // A router that spreads tokens like a trained one: SF-MoE's N(0,1) gate on LayerNorm'd inputs.
+    torch.manual_seed 0L |> ignore
+    let b = tokens / tokensPerImage
+    use z0 = torch.randn(b, tokensPerImage, int64 dim)
+    use z = torch.nn.functional.layer_norm(z0, [| int64 dim |])
+    use dy = torch.randn(b, tokensPerImage, int64 dim)
+    let ctx = Ctx.train
+    let zeroGrads (ps: seq<Modules.Parameter>) = for p in ps do (if not (isNull p.grad) then p.grad.zero_() |> ignore)
+    let moeNode = Layers.node (Moe.tree moeP)
+    let denseNode = Layers.node (Mlp.tree dense)
+    use rng = generator 1L dd
+    let moeStep () =
+        use zi = z.detach().requires_grad_(true)
+        let o = Moe.forward c (Ctx.withRng rng ctx) moeP false zi
+        use y = o.Y
+        use aux = o.Aux
+        use l = (y * dy).sum()
+        use total = l + aux
+        total.backward ()
+        zeroGrads (moeNode.parameters ())
+    let denseStep () =
+        use zi = z.detach().requires_grad_(true)
+        use y = Mlp.forward c ctx dense zi
+        use l = (y * dy).sum()
+        l.backward ()
+        zeroGrads (denseNode.parameters ())
+    // The experts alone, on the tokens the router sends them (sorted by expert, gate-weighted like the layer).
+    let o0 = Moe.forward c (Ctx.withRng (generator 1L dd) ctx) moeP true z
+    let r = o0.Record.Value
+    let counts = r.Load.data<int64>().ToArray()
+    let pairs = Array.sum counts
+    o0.Y.Dispose()
+    o0.Aux.Dispose()
+    let capacity = r.Capacity
+    (r :> IDisposable).Dispose()
+    use xs0 = torch.randn(pairs, int64 dim)
+    use dys = torch.randn(pairs, int64 dim)
+    let expertStep () =
+        use xs = xs0.detach().requires_grad_(true)
+        use y = Experts.forwardSorted ctx 0.0 moeP.Experts xs counts
+        use l = (y * dys).sum()
+        l.backward ()
+        zeroGrads (moeNode.parameters ())
+    for _ in 1..warmup do
+        (use _ = torch.NewDisposeScope() in moeStep ())
+        (use _ = torch.NewDisposeScope() in denseStep ())
+        (use _ = torch.NewDisposeScope() in expertStep ())
+    let tm, td, te = ResizeArray(), ResizeArray(), ResizeArray()
+    for _ in 1..repeats do
+        tm.AddRange(time 0 1 moeStep)
+        td.AddRange(time 0 1 denseStep)
+        te.AddRange(time 0 1 expertStep)
+    let mm, dm, em = median (List.ofSeq tm), median (List.ofSeq td), median (List.ofSeq te)
+    { moe_ms = mm
+      dense_ms = dm
+      ratio = mm / dm
+      experts_ms = em
+      routing_ms = mm - em
+      routing_fraction = (mm - em) / mm
+      tokens = tokens
+      pairs = pairs
+      pairs_per_token = float pairs / float tokens
+      capacity = capacity
+      threads = torch.get_num_threads ()
+      dim = dim
+      hidden = hidden
+      experts = experts
+      top_k = topK
+      policy = ConfigJson.policies |> List.find (fun (_, p) -> p = policy) |> fst
+      capacity_factor = (match cap with Dropless -> "dropless" | Factor f -> string f)
+      scope = ConfigJson.scopes |> List.find (fun (_, s) -> s = scope) |> fst }

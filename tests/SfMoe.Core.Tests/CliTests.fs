@@ -1,0 +1,128 @@
+/// The command line as a user runs it: a separate process, its stdout, stderr and exit code.
+module SfMoe.Core.Tests.CliTests
+
+open System
+open System.IO
+open System.Diagnostics
+open Expecto
+open TorchSharp
+open SfMoe.Core
+open SfMoe.Core.Tensors
+open SfMoe.Core.Tests.Support
+
+/// The CLI built by the same configuration as these tests.
+let cliDll =
+    let config = if AppContext.BaseDirectory.Contains "/Release/" then "Release" else "Debug"
+    Path.Combine(repoRoot, "src-fs", "SfMoe.Cli", "bin", config, "net10.0", "SfMoe.Cli.dll")
+
+type Run = { Code: int; Out: string; Err: string }
+
+let sfmoe (args: string list) : Run =
+    if not (File.Exists cliDll) then failtestf "CLI not built: %s (build the solution first)" cliDll
+    let psi = ProcessStartInfo("dotnet", RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
+    psi.ArgumentList.Add cliDll
+    for a in args do psi.ArgumentList.Add a
+    use p = Process.Start psi
+    let out = p.StandardOutput.ReadToEndAsync()
+    let err = p.StandardError.ReadToEndAsync()
+    if not (p.WaitForExit 300_000) then
+        p.Kill true
+        failtestf "sfmoe %A timed out" args
+    { Code = p.ExitCode; Out = out.Result; Err = err.Result }
+
+let private expectUsageError (r: Run) (fragment: string) =
+    Expect.equal r.Code 2 (sprintf "exit code 2 (stderr: %s)" r.Err)
+    let lines = r.Err.Trim().Split('\n')
+    Expect.equal lines.Length 1 (sprintf "one line on stderr: %s" r.Err)
+    Expect.stringStarts lines[0] "sfmoe: error: " "prefix"
+    Expect.stringContains lines[0] fragment "message"
+    Expect.isFalse (r.Err.Contains "   at ") "no stack trace"
+
+let private tempDir () = Directory.CreateTempSubdirectory("sfmoe-cli-").FullName
+
+[<Tests>]
+let tests =
+    testList "cli" [
+        test "pattern --json lists 12 blocks alternating S and F" {
+            let r = sfmoe [ "pattern"; "[S,F]x6"; "--json" ]
+            Expect.equal r.Code 0 r.Err
+            Expect.equal (r.Out.Trim()) """{"pattern":"[S,F]x6","blocks":["S","F","S","F","S","F","S","F","S","F","S","F"]}""" "json"
+        }
+        test "bad patterns exit 2 naming the column" {
+            expectUsageError (sfmoe [ "pattern"; "[S,F]x" ]) "pattern \"[S,F]x\" at column 6: expected a repeat count"
+            expectUsageError (sfmoe [ "pattern"; "[S,F]x6"; "--depth"; "10" ]) "has 12 blocks but depth is 10"
+        }
+        test "unknown commands, options and models are one-line errors" {
+            expectUsageError (sfmoe [ "frobnicate" ]) "unrecognized argument: 'frobnicate'"
+            expectUsageError (sfmoe [ "summary"; "--model"; "vit_huge" ]) "unknown model vit_huge"
+            expectUsageError (sfmoe [ "summary"; "--batch-size"; "0" ]) "--batch-size must be >= 1, got 0"
+            expectUsageError (sfmoe [ "bench"; "moe"; "--capacity"; "-1" ]) "--capacity must be dropless or a number > 0, got -1"
+        }
+        test "pattern with a model prints parameters and MACs per block" {
+            let r = sfmoe [ "pattern"; "sfmoe-dg"; "--model"; "sfmoe_small_patch16_224"; "--json" ]
+            Expect.equal r.Code 0 r.Err
+            use doc = Text.Json.JsonDocument.Parse r.Out
+            let root = doc.RootElement
+            Expect.equal (root.GetProperty("total_params").GetInt64()) 29_513_552L "total params (28,743,552 backbone + heads)"
+            let parts = [ for p in root.GetProperty("parts").EnumerateArray() -> p.GetProperty("name").GetString(), p.GetProperty("kind").GetString() ]
+            Expect.equal (parts |> List.filter (fun (_, k) -> k = "S") |> List.map fst) [ "blocks.5"; "blocks.11" ] "sparse blocks"
+        }
+        test "summary prints the layout and output shape" {
+            let r = sfmoe [ "summary"; "--model"; "sfmoe_test_patch8_32"; "--batch-size"; "3" ]
+            Expect.equal r.Code 0 r.Err
+            Expect.stringContains r.Out "blocks.1  S " "sparse block listed"
+            Expect.stringContains r.Out "-> logits [3, 10]" "output shape"
+        }
+        test "forward: loads weights by name, writes logits, aux loss and routing; bad files are clear errors" {
+            let dir = tempDir ()
+            try
+                let cfg = Registry.tryCreate "sfmoe_test_patch8_32" |> Result.defaultWith failwith
+                use m = new Vit.SfMoeVit({ cfg with Moe = { cfg.Moe with SecondPolicy = Config.SecondAll } }, Dd.cpu, Some 3L)
+                let weights = Path.Combine(dir, "w.safetensors")
+                SafeTensors.write weights Map.empty [ for KeyValue(k, v) in m.state_dict () -> k, v ]
+                let input = Path.Combine(dir, "x.safetensors")
+                use x = torch.randn(2L, 3L, 32L, 32L)
+                SafeTensors.write input Map.empty [ "x", x ]
+                let output = Path.Combine(dir, "out.safetensors")
+                let r = sfmoe [ "forward"; "--model"; "sfmoe_test_patch8_32"; "--weights"; weights; "--input"; input; "--output"; output; "--second-policy"; "all" ]
+                Expect.equal r.Code 0 r.Err
+                use o = SafeTensors.read output
+                m.eval () |> ignore
+                use expected = m.forward x
+                expectClose 1e-6 "logits" o["logits"] expected
+                Expect.sequenceEqual (o.Tensors |> List.map fst |> List.filter (fun n -> n.StartsWith "routing.1.")) [ "routing.1.index_1"; "routing.1.kept_1"; "routing.1.gate_1"; "routing.1.index_2"; "routing.1.kept_2"; "routing.1.gate_2" ] "routing keys"
+                Expect.sequenceEqual o["routing.3.index_1"].shape [| 2L; 18L |] "(B, N)"
+                // strict loading: a missing key is named
+                let partial = Path.Combine(dir, "partial.safetensors")
+                SafeTensors.write partial Map.empty [ for KeyValue(k, v) in m.state_dict () do if k <> "blocks.1.mlp.gate.w_gating" then yield k, v ]
+                expectUsageError (sfmoe [ "forward"; "--model"; "sfmoe_test_patch8_32"; "--weights"; partial; "--input"; input; "--output"; output ]) "missing keys: blocks.1.mlp.gate.w_gating"
+                // a truncated weights file, an input without x, a bad input shape
+                let truncated = Path.Combine(dir, "t.safetensors")
+                File.WriteAllBytes(truncated, (File.ReadAllBytes weights)[0..200])
+                expectUsageError (sfmoe [ "forward"; "--model"; "sfmoe_test_patch8_32"; "--weights"; truncated; "--input"; input; "--output"; output ]) truncated
+                let noX = Path.Combine(dir, "nox.safetensors")
+                SafeTensors.write noX Map.empty [ "y", x ]
+                expectUsageError (sfmoe [ "forward"; "--model"; "sfmoe_test_patch8_32"; "--weights"; weights; "--input"; noX; "--output"; output ]) "no tensor named x (found: y)"
+                let badX = Path.Combine(dir, "badx.safetensors")
+                use x1 = torch.randn(2L, 1L, 32L, 32L)
+                SafeTensors.write badX Map.empty [ "x", x1 ]
+                expectUsageError (sfmoe [ "forward"; "--model"; "sfmoe_test_patch8_32"; "--weights"; weights; "--input"; badX; "--output"; output ]) "expected 3 channels (in_chans), got 1"
+                // the earlier output is intact after the failures (written atomically, never half-written)
+                use again = SafeTensors.read output
+                expectClose 1e-6 "logits still there" again["logits"] expected
+                let cfgFile = Path.Combine(dir, "bad.json")
+                File.WriteAllText(cfgFile, """{"model": "sfmoe_test_patch8_32", "moe": {"top_k": 3}}""")
+                expectUsageError (sfmoe [ "forward"; "--model-config"; cfgFile; "--weights"; weights; "--input"; input; "--output"; output ]) (sprintf "model config %s: moe.top_k must be 1 or 2, got 3" cfgFile)
+            finally
+                Directory.Delete(dir, true)
+        }
+        test "bench moe --json prints the timings and their ratio" {
+            let r = sfmoe [ "bench"; "moe"; "--dim"; "32"; "--hidden"; "64"; "--tokens"; "396"; "--repeats"; "2"; "--warmup"; "1"; "--json" ]
+            Expect.equal r.Code 0 r.Err
+            use doc = Text.Json.JsonDocument.Parse r.Out
+            let g (k: string) = doc.RootElement.GetProperty(k).GetDouble()
+            Expect.isGreaterThan (g "moe_ms") 0.0 "moe_ms"
+            Expect.isGreaterThan (g "dense_ms") 0.0 "dense_ms"
+            Expect.floatClose Accuracy.medium (g "ratio") (g "moe_ms" / g "dense_ms") "ratio"
+        }
+    ]
