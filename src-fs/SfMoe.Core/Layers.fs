@@ -20,6 +20,9 @@ type Node(name: string, children: (string * Module) list, parameters: (string * 
         for n, p in parameters do
             this.register_parameter(n, p)
 
+    /// Registration is explicit: never let TorchSharp's reflection add fields under other names.
+    override _.RegisterComponents() = ()
+
     /// The current parameter registered under `key` on this node (survives `.to(device)`).
     member this.Param(key: string) : Tensor =
         match this.get_parameter key with

@@ -39,6 +39,9 @@ type CosineGate(dim: int, numExperts: int, projDim: int, dd: Dd, g: torch.Genera
         t.fill_((log 2.0).ToScalar()) |> ignore
         this.register_parameter("temperature", t)
 
+    /// Registration is explicit (above): keep TorchSharp from also registering the `proj` field by reflection.
+    override _.RegisterComponents() = ()
+
     member _.Projector = proj
     member this.SimMatrix: Tensor = this.get_parameter "sim_matrix"
     member this.Temperature: Tensor = this.get_parameter "temperature"

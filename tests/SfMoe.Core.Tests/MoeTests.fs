@@ -289,6 +289,17 @@ let tests =
                 Expect.equal (Layers.countParams m) (Summary.totalParams c) name
         }
 
+        test "sparse blocks have exactly the documented state-dict names" {
+            let names name =
+                let c = Registry.tryCreate name |> Result.defaultWith failwith
+                use m = new Vit.SfMoeVit(c, Dd.cpu, Some 1L)
+                m.state_dict().Keys |> Seq.filter (fun k -> k.StartsWith "blocks.1.mlp.") |> Set.ofSeq
+            Expect.equal (names "sfmoe_test_patch8_32") (set [ "blocks.1.mlp.gate.w_gating"; "blocks.1.mlp.experts.w1"; "blocks.1.mlp.experts.w2" ]) "SF-MoE"
+            Expect.equal (names "gmoe_test_patch8_32")
+                (set [ "blocks.1.mlp.gate.cosine_projector.weight"; "blocks.1.mlp.gate.cosine_projector.bias"; "blocks.1.mlp.gate.sim_matrix"
+                       "blocks.1.mlp.gate.temperature"; "blocks.1.mlp.experts.w1"; "blocks.1.mlp.experts.w2"; "blocks.1.mlp.experts.b1"; "blocks.1.mlp.experts.b2" ]) "GMoE"
+        }
+
         test "the model returns the summed aux loss and per-block routing records" {
             let c = Registry.tryCreate "sfmoe_test_patch8_32" |> Result.defaultWith failwith
             use m = new Vit.SfMoeVit(c, Dd.cpu, Some 1L)
