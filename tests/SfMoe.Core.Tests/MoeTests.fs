@@ -246,6 +246,50 @@ let tests =
             Expect.isLessThan (relErr y expected) 1e-5 "every expert computes the dense FFN"
         }
 
+        test "upcycling a dense model: CopyDense with top-2 'all' dropless reproduces it; KeepInit drops the FFN" {
+            let dense = Registry.tryCreate "vit_test_patch8_32" |> Result.defaultWith failwith
+            use d = new Vit.SfMoeVit(dense, Dd.cpu, Some 1L)
+            let sparseCfg =
+                { dense with
+                    Pattern = parseOrFail "[F,S]x2"
+                    Moe = { MoeConfig.sfmoe with SecondPolicy = SecondAll; CapacityEval = Dropless; ExpertBias = true } }
+            let s, report = Upcycle.model Upcycle.CopyDense d sparseCfg (Some 2L)
+            use s = s
+            Expect.equal (report.Upcycled |> List.map fst)
+                [ for b in [ 1; 3 ] do for k in [ "fc1.weight"; "fc1.bias"; "fc2.weight"; "fc2.bias" ] -> sprintf "blocks.%d.mlp.%s" b k ] "upcycled keys"
+            d.eval () |> ignore
+            s.eval () |> ignore
+            use x = torch.randn(2L, 3L, 32L, 32L)
+            use yd = d.forward x
+            use ys = s.forward x
+            expectClose 1e-5 "g1 + g2 = 1 and identical experts give the dense FFN" ys yd
+            let k, report2 = Upcycle.model Upcycle.KeepInit d { sparseCfg with Moe = { sparseCfg.Moe with ExpertBias = false } } (Some 2L)
+            use k = k
+            Expect.isEmpty report2.Upcycled "nothing copied"
+            Expect.equal report2.Dropped.Length 8 "the dense FFN of both sparse blocks is dropped"
+            use fresh = new Vit.SfMoeVit({ sparseCfg with Moe = { sparseCfg.Moe with ExpertBias = false } }, Dd.cpu, Some 2L)
+            Expect.isTrue (tensorsEqual (k.state_dict()["blocks.1.mlp.experts.w1"]) (fresh.state_dict()["blocks.1.mlp.experts.w1"])) "experts keep their own init"
+            Expect.isTrue (tensorsEqual (k.state_dict()["blocks.0.mlp.fc1.weight"]) (d.state_dict()["blocks.0.mlp.fc1.weight"])) "fusion blocks are copied"
+        }
+
+        test "eval with the random policy is deterministic given a generator" {
+            let c = Registry.tryCreate "sfmoe_test_patch8_32" |> Result.defaultWith failwith
+            use m = new Vit.SfMoeVit(c, Dd.cpu, Some 1L)
+            m.eval () |> ignore
+            // soften the routers so that the random second-expert draw matters
+            for b in [ 1; 3 ] do
+                use _ = torch.no_grad ()
+                (m.state_dict()[sprintf "blocks.%d.mlp.gate.w_gating" b]).mul_((0.25).ToScalar()) |> ignore
+            use x = torch.randn(4L, 3L, 32L, 32L)
+            let run seed =
+                use g = generator seed Dd.cpu
+                use o = m.Run(x, returnRouting = true, rng = g)
+                o.Logits.clone (), (snd o.Routing.Head).Kept.clone ()
+            let (l1, k1), (l2, k2), (l3, k3) = run 7L, run 7L, run 8L
+            Expect.isTrue (tensorsEqual l1 l2 && tensorsEqual k1 k2) "same generator seed, same result"
+            Expect.isFalse (tensorsEqual k1 k3) "another seed draws other second experts"
+        }
+
         test "bad configs name the field" {
             let bad m = match MoeConfig.validate m with Error e -> e | Ok _ -> failtest "should fail"
             Expect.equal (bad { MoeConfig.sfmoe with TopK = 3 }) "moe.top_k must be 1 or 2, got 3" "k"
