@@ -13,25 +13,63 @@ public sealed record BlockInfo(string Name, string Kind, long Parameters);
 /// <summary>A registry entry.</summary>
 public sealed record ModelInfo(string Name, string Pattern, int EmbedDim, int Depth, int Heads, int PatchSize, int ImageSize, bool Distilled, long Parameters, string Description);
 
+/// <summary>What one sparse block did with its tokens (docs/moe.md §8). Part of a <see cref="ModelOutput"/>.</summary>
+public sealed class RoutingRecord
+{
+    internal RoutingRecord(int block, Moe.Record r)
+    {
+        Block = block; Index = r.Index; Gate = r.Gate; Kept = r.Kept; Probs = r.Probs; Load = r.Load;
+        Capacity = r.Capacity; BalanceLoss = r.Balance;
+    }
+
+    /// <summary>Block index (0-based).</summary>
+    public int Block { get; }
+    /// <summary>(B, N, k) int64 chosen experts (column 1: second choice).</summary>
+    public Tensor Index { get; }
+    /// <summary>(B, N, k) renormalised gate values, before capacity dropping.</summary>
+    public Tensor Gate { get; }
+    /// <summary>(B, N, k) bool: the choice was processed (dispatched and within capacity).</summary>
+    public Tensor Kept { get; }
+    /// <summary>(B, N, E) router probabilities.</summary>
+    public Tensor Probs { get; }
+    /// <summary>(E) int64 processed (token, choice) pairs per expert.</summary>
+    public Tensor Load { get; }
+    /// <summary>Capacity per group and expert; -1 when dropless.</summary>
+    public long Capacity { get; }
+    /// <summary>The balance loss before its weight.</summary>
+    public double BalanceLoss { get; }
+
+    internal void Dispose()
+    {
+        Index.Dispose(); Gate.Dispose(); Kept.Dispose(); Probs.Dispose(); Load.Dispose();
+    }
+}
+
 /// <summary>The outputs of one forward pass. Dispose it to free the tensors.</summary>
 public sealed class ModelOutput : IDisposable
 {
-    internal ModelOutput(Tensor logits, Tensor features, IReadOnlyList<Tensor> attention)
-    { Logits = logits; Features = features; Attention = attention; }
+    internal ModelOutput(Tensor logits, Tensor features, Tensor aux, IReadOnlyList<Tensor> attention, IReadOnlyList<RoutingRecord> routing)
+    { Logits = logits; Features = features; AuxLoss = aux; Attention = attention; Routing = routing; }
 
     /// <summary>(B, K) class logits.</summary>
     public Tensor Logits { get; }
     /// <summary>(B, N, D) token features after the final norm.</summary>
     public Tensor Features { get; }
+    /// <summary>Scalar: the weighted balance losses summed over sparse blocks (0 without them).</summary>
+    public Tensor AuxLoss { get; }
     /// <summary>Per block, (B, heads, N, N) attention probabilities; empty unless requested.</summary>
     public IReadOnlyList<Tensor> Attention { get; }
+    /// <summary>Per sparse block, its routing; empty unless requested.</summary>
+    public IReadOnlyList<RoutingRecord> Routing { get; }
 
     /// <inheritdoc />
     public void Dispose()
     {
         Logits.Dispose();
         Features.Dispose();
+        AuxLoss.Dispose();
         foreach (var a in Attention) a.Dispose();
+        foreach (var r in Routing) r.Dispose();
     }
 }
 
@@ -84,6 +122,17 @@ public sealed class SfMoeModel : IDisposable
         return new SfMoeModel(new Vit.SfMoeVit(config, dd.ResultValue, seedOpt));
     }
 
+    /// <summary>Creates a model from a JSON config (snake_case keys; a "model" key starts from a registry model).</summary>
+    /// <exception cref="SfMoeException">Invalid JSON or config; the message names the key.</exception>
+    public static SfMoeModel FromConfigJson(string json, string device = "cpu", long? seed = null)
+    {
+        try { return Create(ConfigJson.parse(Microsoft.FSharp.Core.FuncConvert.FromFunc<string, Microsoft.FSharp.Core.FSharpResult<Config.VitConfig, string>>(Registry.tryCreate), json), device, seed); }
+        catch (ConfigJson.ConfigException e) { throw new SfMoeException(e.Data0, e); }
+    }
+
+    /// <summary>The model's config as JSON (round-trips through <see cref="FromConfigJson"/>).</summary>
+    public string ConfigJsonText => ConfigJson.toJson(true, _vit.Config);
+
     /// <summary>All registry models.</summary>
     public static IReadOnlyList<ModelInfo> ListModels() =>
         Registry.all.Select(d =>
@@ -132,18 +181,29 @@ public sealed class SfMoeModel : IDisposable
         catch (ArgumentException e) { throw new SfMoeException(e.Message.Split(" (Parameter")[0], e); }
     }
 
-    /// <summary>Logits, features and optionally the attention maps of every block. Dispose the result.</summary>
+    /// <summary>
+    /// Logits, features, the aux loss, and optionally the attention maps of every block and the routing of every
+    /// sparse block. Random choices in sparse blocks (second expert, gate noise) and, in training mode, dropout use
+    /// <paramref name="generator"/> when given (deterministic), else torch's global generator. Dispose the result.
+    /// </summary>
     /// <exception cref="SfMoeException">The input has the wrong rank, channel count or size.</exception>
-    public ModelOutput Run(Tensor images, bool returnAttention = false)
+    public ModelOutput Run(Tensor images, bool returnAttention = false, bool returnRouting = false, Generator? generator = null)
     {
         using var scope = NewDisposeScope();
         try
         {
-            var o = _vit.Run(images, returnAttention);
+            var o = _vit.Run(images, returnAttention, returnRouting, generator!);
             var logits = scope.MoveToOuter(o.Logits);
             var features = scope.MoveToOuter(o.Features);
+            var aux = scope.MoveToOuter(o.Aux);
             var maps = o.Attention.Select(a => scope.MoveToOuter(a)).ToList();
-            return new ModelOutput(logits, features, maps);
+            var routing = o.Routing.Select(t =>
+            {
+                var r = t.Item2;
+                foreach (var x in new[] { r.Index, r.Gate, r.Kept, r.Probs, r.Load }) scope.MoveToOuter(x);
+                return new RoutingRecord(t.Item1, r);
+            }).ToList();
+            return new ModelOutput(logits, features, aux, maps, routing);
         }
         catch (ArgumentException e) { throw new SfMoeException(e.Message.Split(" (Parameter")[0], e); }
     }

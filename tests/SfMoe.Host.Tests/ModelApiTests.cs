@@ -99,6 +99,37 @@ public class ModelApiTests
     }
 
     [Fact]
+    public void RoutingRecordsOfSparseBlocksAreAvailable()
+    {
+        using var model = SfMoeModel.Create("sfmoe_test_patch8_32", new ModelOptions { Seed = 3 });
+        model.Eval();
+        using var x = randn(2, 3, 32, 32);
+        using var g = new Generator(5);
+        using var o = model.Run(x, returnRouting: true, generator: g);
+        Assert.Equal(new[] { 1, 3 }, o.Routing.Select(r => r.Block));
+        var r = o.Routing[0];
+        Assert.Equal(new long[] { 2, 18, 2 }, r.Index.shape);
+        Assert.Equal(new long[] { 4 }, r.Load.shape);
+        Assert.Equal(r.Kept.sum().item<long>(), r.Load.sum().item<long>());
+        Assert.Equal(o.Routing.Sum(rr => 0.01 * rr.BalanceLoss), o.AuxLoss.item<float>(), 5);
+    }
+
+    [Fact]
+    public void ModelsCanBeStatedAsJson()
+    {
+        const string json = """{"model": "sfmoe_test_patch8_32", "num_classes": 3, "pattern": "S,F,S,F", "moe": {"num_experts": 3, "top_k": 1}}""";
+        using var model = SfMoeModel.FromConfigJson(json, seed: 1);
+        Assert.Equal("S,F,S,F", model.Pattern);
+        Assert.Equal(3, model.NumClasses);
+        using var again = SfMoeModel.FromConfigJson(model.ConfigJsonText, seed: 1);
+        Assert.Equal(model.ParameterCount, again.ParameterCount);
+        var e = Assert.Throws<SfMoeException>(() => SfMoeModel.FromConfigJson("""{"model": "sfmoe_test_patch8_32", "moe": {"top_k": 5}}"""));
+        Assert.Equal("moe.top_k must be 1 or 2, got 5", e.Message);
+        e = Assert.Throws<SfMoeException>(() => SfMoeModel.FromConfigJson("""{"model": "sfmoe_test_patch8_32", "moe": {"router": "hash"}}"""));
+        Assert.Equal("moe.router must be \"linear\" or \"cosine\", got \"hash\"", e.Message);
+    }
+
+    [Fact]
     public void ForwardDoesNotLeakTensors()
     {
         using var model = SfMoeModel.Create("vit_test_patch8_32", new ModelOptions { Seed = 1 });
