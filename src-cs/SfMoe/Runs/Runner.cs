@@ -1,0 +1,358 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Microsoft.FSharp.Collections;
+using Microsoft.FSharp.Core;
+using SfMoe.Checkpoints;
+using SfMoe.Core;
+using SfMoe.Data;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SfMoe.Runs;
+
+/// <summary>
+/// DomainBed's train.py for SfMoe: splits every environment into in/out, trains on the in-splits of the training
+/// environments (one minibatch from each per step), evaluates every environment's in and out split at step 0, every
+/// checkpoint_freq steps and at the last step, and appends one line per evaluation to results.jsonl. A checkpoint
+/// (model file + training state) is written at every evaluation, so a killed run resumes exactly.
+/// </summary>
+public static class Trainer
+{
+    /// <summary>Runs (or resumes) a training run.</summary>
+    /// <exception cref="SfMoeException">Bad options, data or files; the message says which.</exception>
+    public static TrainResult Run(TrainOptions o, IProgress<TrainProgress>? progress = null, CancellationToken ct = default)
+    {
+        Native.ensure();
+        var outDir = Path.GetFullPath(o.OutputDir);
+        var resultsPath = Path.Combine(outDir, "results.jsonl");
+        var statePath = Path.Combine(outDir, "train_state.safetensors");
+        var modelPath = Path.Combine(outDir, "model.safetensors");
+        var donePath = Path.Combine(outDir, "done");
+        if (o.Resume)
+        {
+            if (!File.Exists(statePath))
+                throw new SfMoeException($"--resume: {statePath} not found (nothing to resume; run without --resume)");
+        }
+        else if (File.Exists(resultsPath) || File.Exists(statePath))
+            throw new SfMoeException($"{outDir} already holds a run; pass --resume to continue it or choose another --output-dir");
+        Directory.CreateDirectory(outDir);
+        if (File.Exists(donePath) && o.Resume)
+            throw new SfMoeException($"{outDir}: the run is already done");
+
+        if (o.Threads is int th) { if (th < 1) throw new SfMoeException($"threads must be >= 1, got {th}"); torch.set_num_threads(th); }
+        using var log = new RunLog(Path.Combine(outDir, "log.txt"), o.Quiet);
+        var device = Device(o.Device);
+        var dataset = o.DatasetInstance ?? DatasetCatalog.Open(o, log);
+        var spec = dataset.Spec;
+        var envNames = dataset.Environments.Select(e => e.Name).ToList();
+        ValidateTestEnvs(o.TestEnvs, envNames.Count, spec.Name);
+
+        var algorithm = Train.AlgorithmKindModule.tryParse(o.Algorithm);
+        if (algorithm is null) throw new SfMoeException($"unknown algorithm {o.Algorithm}: expected ERM, SFMoE or GMoE");
+        var algName = Train.AlgorithmKindModule.name(algorithm.Value);
+        var hparams = Hparams.For(algName, spec.Name, o.HparamsSeed, HparamRandom.Instance);
+        if (o.BatchSize is int b) hparams["batch_size"] = b;
+        if (o.Lr is double lr) hparams["lr"] = lr;
+        if (o.WeightDecay is double wd) hparams["weight_decay"] = wd;
+        int batch = Convert.ToInt32(hparams["batch_size"]);
+        if (batch < 1) throw new SfMoeException($"batch size must be >= 1, got {batch}");
+        int steps = o.Steps ?? spec.Steps;
+        int freq = o.CheckpointFreq ?? spec.CheckpointFreq;
+        if (steps < 1) throw new SfMoeException($"steps must be >= 1, got {steps}");
+        if (freq < 1) throw new SfMoeException($"checkpoint frequency must be >= 1, got {freq}");
+
+        // The network: the dataset sets the class count and input channels.
+        var (backbone, vitJson, imgSize) = ResolveModel(o, algorithm.Value, spec, log);
+        var pre = o.Preprocessor ?? Preprocessors.For(spec, imgSize);
+        var net = Networks.Create(backbone, vitJson, spec.Classes.Count, spec.Channels, imgSize, o.Device, o.Seed,
+                                  Convert.ToDouble(hparams["resnet_dropout"]));
+        var optKind = o.Optimizer.ToLowerInvariant() switch
+        {
+            "adam" => Train.OptimizerKind.AdamL2,
+            "adamw" => Train.OptimizerKind.AdamW,
+            _ => throw new SfMoeException($"unknown optimizer {o.Optimizer}: expected adam or adamw"),
+        };
+        var dd = Tensors.DdModule.parse(o.Device).ResultValue;
+        using var learner = new Train.Learner(net, algorithm.Value, optKind, Convert.ToDouble(hparams["lr"]),
+                                              Convert.ToDouble(hparams["weight_decay"]), SeedMix.Of(o.Seed, 0x5eed), dd);
+
+        // Splits (DomainBed: seed_hash(trial_seed, env_i), 20% out).
+        var loader = new SafeLoader(log);
+        var inSplits = new List<(IDomainEnvironment Env, int[] In, int[] Out)>();
+        for (int i = 0; i < dataset.Environments.Count; i++)
+        {
+            var env = dataset.Environments[i];
+            var (outIdx, inIdx) = EnvSplits.Split(i, env.Count, o.TrialSeed, o.HoldoutFraction);
+            inSplits.Add((env, inIdx, outIdx));
+        }
+        var trainEnvs = inSplits.Select((s, i) => (s, i)).Where(t => !o.TestEnvs.Contains(t.i)).Select(t => (t.s.Env, t.s.In)).ToList();
+        double stepsPerEpoch = inSplits.Min(s => (double)s.In.Length / batch);
+        var evalSplits = new List<EvalSplit>();
+        for (int i = 0; i < inSplits.Count; i++)
+        {
+            evalSplits.Add(new EvalSplit($"env{i}_in", inSplits[i].Env, inSplits[i].In, pre));
+            evalSplits.Add(new EvalSplit($"env{i}_out", inSplits[i].Env, inSplits[i].Out, pre));
+        }
+        int workers = o.Workers ?? Math.Max(1, Environment.ProcessorCount / 2);
+
+        var args = ArgsJson(o, outDir, algName, spec.Name, steps, freq);
+        var hparamsJson = JsonSerializer.SerializeToNode(hparams)!;
+        var header = new ModelHeader(backbone, vitJson, spec.Classes.Count, spec.Channels, imgSize, spec.Classes, spec.Name, 0, algName,
+                                     hparamsJson.ToJsonString(), pre.Mean, pre.Std);
+
+        // Resume: weights, optimizer, generator, results so far.
+        int start = 0;
+        var lines = new List<string>();
+        if (o.Resume)
+        {
+            (start, lines) = TrainState.Load(statePath, learner);
+            log.Info($"resuming {outDir} at step {start}");
+        }
+        WriteLines(resultsPath, lines);
+        log.Info($"dataset {spec.Name}: {string.Join(", ", envNames.Select((n, i) => $"env{i}={n} ({inSplits[i].In.Length}+{inSplits[i].Out.Length})"))}; test envs {string.Join(",", o.TestEnvs)}");
+        log.Info($"algorithm {algName}, model {backbone}{(vitJson is null ? "" : " " + Core.Pattern.print(Networks.ParseConfig(vitJson).Pattern))}, "
+                 + $"{Layers.countParams(net.Module):N0} parameters, batch {batch} x {trainEnvs.Count} envs, {steps} steps, eval every {freq}");
+
+        // Evaluation cache: decode and resize each eval image once, when it fits.
+        long cacheBytes = evalSplits.Sum(s => s.CacheBytes);
+        bool keep = cacheBytes <= o.EvalCacheBytes;
+        if (!keep) log.Info($"evaluation images need {cacheBytes / 1e9:F2} GB, over the cache budget ({o.EvalCacheBytes / 1e9:F2} GB): decoding them at every evaluation");
+
+        var evaluations = new List<EvalResult>();
+        var sums = new Dictionary<string, double> { ["loss"] = 0, ["aux_loss"] = 0, ["step_time"] = 0 };
+        int count = 0;
+        var started = Stopwatch.StartNew();
+        int ranThisCall = 0;
+        using (var stream = new TrainStream(trainEnvs, batch, pre, o.Seed, start, workers, loader, device))
+        {
+            for (int step = start; step < steps; step++)
+            {
+                ct.ThrowIfCancellationRequested();
+                var t0 = Stopwatch.GetTimestamp();
+                Train.Metrics m;
+                using (var sb = stream.Next())
+                    m = learner.Update(ListModule.OfArray(sb.Xs), ListModule.OfArray(sb.Ys));
+                double dt = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+                if (!double.IsFinite(m.Loss)) throw new SfMoeException($"the loss became {m.Loss} at step {step}; lower the learning rate");
+                sums["loss"] += m.Loss; sums["aux_loss"] += m.Aux; sums["step_time"] += dt; count++;
+                ranThisCall++;
+                EvalResult? ev = null;
+                if (step % freq == 0 || step == steps - 1)
+                {
+                    foreach (var s in evalSplits) s.Prepare(loader, keep, workers);
+                    using var evalRng = new torch.Generator((ulong)SeedMix.Of(o.Seed, step, 0xe7a1), device);
+                    var accs = new Dictionary<string, double>();
+                    foreach (var s in evalSplits)
+                        accs[s.Name] = s.Accuracy(x => learner.Predict(x, evalRng), loader, 64, workers, device);
+                    double epoch = step / stepsPerEpoch;
+                    ev = new EvalResult(step, epoch, sums["loss"] / count, sums["aux_loss"] / count, sums["step_time"] / count, accs);
+                    evaluations.Add(ev);
+                    var line = ResultLine(ev, args, hparamsJson, learner, o.RecordTimings);
+                    lines.Add(line);
+                    sums = sums.ToDictionary(kv => kv.Key, _ => 0.0); count = 0;
+                    // Checkpoint first, then the log line: a kill in between re-runs the interval on resume.
+                    ModelFile.Save(modelPath, net, header with { Step = step });
+                    TrainState.Save(statePath, learner, step + 1, lines, args);
+                    AppendLine(resultsPath, line);
+                }
+                double rate = started.Elapsed.TotalSeconds / ranThisCall;
+                progress?.Report(new TrainProgress(step, steps, m.Loss, m.Aux, dt, TimeSpan.FromSeconds(rate * (steps - step - 1)), ev));
+                if (o.StopAfterSteps is int stop && ranThisCall >= stop && step < steps - 1)
+                    return new TrainResult(outDir, modelPath, evaluations, false, o.TestEnvs, envNames);
+            }
+        }
+        if (loader.BadCount > 0) log.Warn($"{loader.BadCount} unreadable images were skipped (listed above)");
+        File.WriteAllText(donePath, "done\n");
+        log.Info($"done: {steps} steps, results in {resultsPath}");
+        return new TrainResult(outDir, modelPath, evaluations, true, o.TestEnvs, envNames);
+    }
+
+    internal static Device Device(string device)
+    {
+        var dd = Tensors.DdModule.parse(device);
+        if (dd.IsError) throw new SfMoeException(dd.ErrorValue);
+        return dd.ResultValue.Device;
+    }
+
+    static void ValidateTestEnvs(IReadOnlyList<int> testEnvs, int n, string dataset)
+    {
+        if (testEnvs.Count == 0) throw new SfMoeException("give at least one --test-env");
+        foreach (var t in testEnvs)
+            if (t < 0 || t >= n) throw new SfMoeException($"test env {t} is out of range: {dataset} has environments 0..{n - 1}");
+        if (testEnvs.Distinct().Count() != testEnvs.Count) throw new SfMoeException("test envs must be distinct");
+        if (testEnvs.Count >= n) throw new SfMoeException($"every environment of {dataset} is a test env: none is left to train on");
+    }
+
+    /// <summary>The backbone, ViT config JSON (with the dataset's classes and channels) and input size of a run.</summary>
+    static (string Backbone, string? VitJson, int ImageSize) ResolveModel(TrainOptions o, Train.AlgorithmKind alg, DatasetSpec spec, RunLog log)
+    {
+        string? name = o.Model;
+        if (name is null && o.ModelConfigJson is null)
+            name = (alg.IsErm, spec.Name) switch
+            {
+                (_, "Synthetic") when alg.IsErm => "vit_test_patch8_32",
+                (_, "Synthetic") => alg.IsGMoeAlg ? "gmoe_test_patch8_32" : "sfmoe_test_patch8_32",
+                (true, _) when spec.Preprocess == Preprocess.Mnist => "mnist_cnn",
+                (true, _) => "resnet50",
+                _ when alg.IsGMoeAlg => "gmoe_small_patch16_224",
+                _ => "sfmoe_small_patch16_224",
+            };
+        if (name is not null && Networks.CnnBackbones.Contains(name))
+        {
+            if (!alg.IsErm) throw new SfMoeException($"{Train.AlgorithmKindModule.name(alg)} needs a ViT model with sparse blocks, not {name}");
+            if (o.Pattern is not null) throw new SfMoeException($"--pattern applies to ViT models, not {name}");
+            return (name, null, name == "mnist_cnn" ? spec.Height : 224);
+        }
+        Config.VitConfig cfg;
+        if (o.ModelConfigJson is not null) cfg = Networks.ParseConfig(o.ModelConfigJson);
+        else
+        {
+            var r = Registry.tryCreate(name!);
+            if (r.IsError) throw new SfMoeException(r.ErrorValue);
+            cfg = r.ResultValue;
+        }
+        if (o.Pattern is not null)
+        {
+            var p = Core.Pattern.resolve(o.Pattern);
+            if (p.IsError) throw new SfMoeException(p.ErrorValue.ToString());
+            cfg = SfMoeModel.With(cfg, pattern: p.ResultValue);
+        }
+        if (cfg.NumClasses != spec.Classes.Count)
+        {
+            log.Info($"model num_classes {cfg.NumClasses} replaced by the dataset's {spec.Classes.Count}");
+            cfg = SfMoeModel.With(cfg, numClasses: spec.Classes.Count);
+        }
+        if (cfg.InChans != spec.Channels)
+        {
+            log.Info($"model in_chans {cfg.InChans} replaced by the dataset's {spec.Channels}");
+            cfg = new Config.VitConfig(cfg.ImgSize, cfg.PatchSize, spec.Channels, cfg.EmbedDim, cfg.Depth, cfg.NumHeads, cfg.MlpRatio,
+                cfg.NumClasses, cfg.Distilled, cfg.QkvBias, cfg.DropRate, cfg.AttnDropRate, cfg.DropPathRate, cfg.NormEps, cfg.Pattern, cfg.Moe);
+        }
+        var v = Config.VitConfigModule.validate(cfg);
+        if (v.IsError) throw new SfMoeException(v.ErrorValue);
+        bool sparse = Core.Pattern.expand(cfg.Pattern).Any(k => k.IsSparse);
+        if (!alg.IsErm && !sparse) log.Warn($"{Train.AlgorithmKindModule.name(alg)} with a model without sparse blocks is ERM");
+        if (spec.Height != cfg.ImgSize || spec.Width != cfg.ImgSize)
+            log.Info($"images ({spec.Height}x{spec.Width}) are resized to the model's input size {cfg.ImgSize}x{cfg.ImgSize}");
+        return ("vit", ConfigJson.toJson(false, cfg), cfg.ImgSize);
+    }
+
+    static JsonObject ArgsJson(TrainOptions o, string outDir, string alg, string dataset, int steps, int freq) => new()
+    {
+        ["algorithm"] = alg,
+        ["checkpoint_freq"] = freq,
+        ["data_dir"] = o.DataDir is null ? null : Path.GetFullPath(o.DataDir),
+        ["dataset"] = dataset,
+        ["device"] = o.Device,
+        ["holdout_fraction"] = o.HoldoutFraction,
+        ["hparams"] = null,
+        ["hparams_seed"] = o.HparamsSeed,
+        ["model"] = o.Model,
+        ["optimizer"] = o.Optimizer,
+        ["output_dir"] = outDir,
+        ["pattern"] = o.Pattern,
+        ["save_model_every_checkpoint"] = false,
+        ["seed"] = o.Seed,
+        ["skip_model_save"] = false,
+        ["steps"] = steps,
+        ["task"] = "domain_generalization",
+        ["test_envs"] = new JsonArray(o.TestEnvs.Select(t => (JsonNode)t).ToArray()),
+        ["trial_seed"] = o.TrialSeed,
+        ["uda_holdout_fraction"] = 0,
+    };
+
+    /// <summary>One results.jsonl line in DomainBed's schema (sorted keys), plus routing statistics.</summary>
+    static string ResultLine(EvalResult ev, JsonObject args, JsonNode hparams, Train.Learner learner, bool timings)
+    {
+        var r = new SortedDictionary<string, JsonNode?>(StringComparer.Ordinal)
+        {
+            ["args"] = args.DeepClone(),
+            ["aux_loss"] = ev.AuxLoss,
+            ["epoch"] = ev.Epoch,
+            ["hparams"] = hparams.DeepClone(),
+            ["loss"] = ev.Loss,
+            ["mem_gb"] = timings ? Process.GetCurrentProcess().PeakWorkingSet64 / (double)(1L << 30) : 0.0,
+            ["step"] = ev.Step,
+            ["step_time"] = timings ? ev.StepTime : 0.0,
+        };
+        foreach (var (k, v) in ev.Accuracies) r[k + "_acc"] = v;
+        var routing = new JsonObject();
+        foreach (var t in learner.TakeRoutingStats())
+        {
+            var s = t.Item2;
+            routing[$"blocks.{t.Item1}"] = new JsonObject
+            {
+                ["load"] = new JsonArray(s.LoadFractions.Select(x => (JsonNode)Math.Round(x, 6)).ToArray()),
+                ["dropped_token_fraction"] = Math.Round(s.DroppedFraction, 6),
+            };
+        }
+        if (routing.Count > 0) r["routing"] = routing;
+        var o = new JsonObject();
+        foreach (var (k, v) in r) o[k] = v;
+        return o.ToJsonString();
+    }
+
+    static void WriteLines(string path, List<string> lines)
+    {
+        var tmp = path + ".tmp";
+        File.WriteAllText(tmp, string.Concat(lines.Select(l => l + "\n")));
+        File.Move(tmp, path, overwrite: true);
+    }
+
+    static void AppendLine(string path, string line)
+    {
+        using var f = new FileStream(path, FileMode.Append, FileAccess.Write);
+        var bytes = Encoding.UTF8.GetBytes(line + "\n");
+        f.Write(bytes);
+        f.Flush(true);
+    }
+}
+
+/// <summary>The resumable state of a run: weights, optimizer, the run's generator, the next step and the results so far.</summary>
+internal static class TrainState
+{
+    public static void Save(string path, Train.Learner learner, int nextStep, List<string> lines, JsonObject args)
+    {
+        using var scope = torch.NewDisposeScope();
+        var tensors = new List<Tuple<string, Tensor>>();
+        foreach (var (k, v) in learner.Network.Module.state_dict()) tensors.Add(Tuple.Create("model." + k, v));
+        using (var ms = new MemoryStream())
+        {
+            using (var w = new BinaryWriter(ms, Encoding.UTF8, leaveOpen: true)) learner.Optimizer.save_state_dict(w);
+            tensors.Add(Tuple.Create("optimizer", torch.tensor(ms.ToArray())));
+        }
+        tensors.Add(Tuple.Create("rng", learner.Generator.get_state()));
+        var meta = new Dictionary<string, string>
+        {
+            ["format"] = "sfmoe-train-state-1",
+            ["next_step"] = nextStep.ToString(),
+            ["results"] = JsonSerializer.Serialize(lines),
+            ["args"] = args.ToJsonString(),
+        };
+        SafeTensors.write(path, MapModule.OfSeq(meta.Select(kv => Tuple.Create(kv.Key, kv.Value))), ListModule.OfSeq(tensors));
+    }
+
+    public static (int NextStep, List<string> Lines) Load(string path, Train.Learner learner)
+    {
+        SafeTensors.Contents c;
+        try { c = SafeTensors.read(path); }
+        catch (SafeTensors.SafeTensorsException e) { throw new SfMoeException($"cannot resume: {e.Data0}", e); }
+        using var _ = c;
+        var meta = c.Metadata;
+        if (!meta.TryGetValue("format", out var fmt) || fmt != "sfmoe-train-state-1")
+            throw new SfMoeException($"cannot resume: {path} is not an SfMoe training state");
+        var model = c.Tensors.Where(t => t.Item1.StartsWith("model.")).Select(t => Tuple.Create(t.Item1["model.".Length..], t.Item2));
+        try { Weights.load(true, learner.Network.Module, ListModule.OfSeq(model)); }
+        catch (Weights.WeightsException e) { throw new SfMoeException($"cannot resume from {path}: the model differs ({e.Data0})", e); }
+        var optBytes = c.Find("optimizer");
+        if (optBytes is null) throw new SfMoeException($"cannot resume: {path} lacks the optimizer state");
+        using (var ms = new MemoryStream(optBytes.Value.bytes.ToArray()))
+        using (var r = new BinaryReader(ms)) learner.Optimizer.load_state_dict(r);
+        var rng = c.Find("rng") ?? throw new SfMoeException($"cannot resume: {path} lacks the generator state");
+        learner.Generator.set_state(rng.Value);
+        var lines = JsonSerializer.Deserialize<List<string>>(meta["results"]) ?? new List<string>();
+        return (int.Parse(meta["next_step"]), lines);
+    }
+}

@@ -1,0 +1,76 @@
+using SfMoe.Data;
+
+namespace SfMoe.Runs;
+
+/// <summary>Everything a training run takes (the `sfmoe train` options). Unset values take the dataset's and the
+/// hyperparameter registry's defaults.</summary>
+public sealed class TrainOptions
+{
+    /// <summary>DomainBed dataset name, a folder in DomainBed's layout, or null for the built-in Synthetic dataset.</summary>
+    public string? Dataset { get; set; }
+    /// <summary>Folder holding the datasets.</summary>
+    public string? DataDir { get; set; }
+    /// <summary>A dataset object instead of a name (tests, custom data in code).</summary>
+    public IMultiDomainDataset? DatasetInstance { get; set; }
+    /// <summary>Held-out environments (indices); DomainBed runs one, leave-one-domain-out selection also needs pairs.</summary>
+    public IReadOnlyList<int> TestEnvs { get; set; } = new[] { 0 };
+    /// <summary>ERM, SFMoE or GMoE.</summary>
+    public string Algorithm { get; set; } = "SFMoE";
+    /// <summary>Registry model (ViT), or resnet50 / mnist_cnn; null picks the algorithm's and dataset's default.</summary>
+    public string? Model { get; set; }
+    /// <summary>A model config JSON text (instead of <see cref="Model"/>).</summary>
+    public string? ModelConfigJson { get; set; }
+    /// <summary>Block pattern overriding the model's.</summary>
+    public string? Pattern { get; set; }
+    /// <summary>Training steps (default: the dataset's).</summary>
+    public int? Steps { get; set; }
+    /// <summary>Evaluate every K steps (default: the dataset's).</summary>
+    public int? CheckpointFreq { get; set; }
+    /// <summary>Batch size per training environment (default: hyperparameter registry).</summary>
+    public int? BatchSize { get; set; }
+    /// <summary>Learning rate (default: registry).</summary>
+    public double? Lr { get; set; }
+    /// <summary>Weight decay (default: registry).</summary>
+    public double? WeightDecay { get; set; }
+    /// <summary>adam (L2 weight decay, as the authors) or adamw.</summary>
+    public string Optimizer { get; set; } = "adam";
+    /// <summary>Seed of the model init, data order, augmentation and every random choice in training.</summary>
+    public int Seed { get; set; }
+    /// <summary>Seed of the in/out splits (DomainBed trial seed).</summary>
+    public int TrialSeed { get; set; }
+    /// <summary>Seed of the random hyperparameters (0: defaults).</summary>
+    public int HparamsSeed { get; set; }
+    /// <summary>CPU threads for tensor operations (default: all cores).</summary>
+    public int? Threads { get; set; }
+    /// <summary>Threads decoding and augmenting images (default: 1 on small machines, else cores / 2).</summary>
+    public int? Workers { get; set; }
+    /// <summary>cpu, cuda or cuda:N.</summary>
+    public string Device { get; set; } = "cpu";
+    /// <summary>Run folder: results.jsonl, model.safetensors, train_state.safetensors, log.txt, done.</summary>
+    public string OutputDir { get; set; } = "runs/train";
+    /// <summary>Continue the run in <see cref="OutputDir"/> from its last checkpoint.</summary>
+    public bool Resume { get; set; }
+    /// <summary>Fraction of every environment held out as its out split.</summary>
+    public double HoldoutFraction { get; set; } = 0.2;
+    /// <summary>Memory for the evaluation image cache (decoded and resized once per run).</summary>
+    public long EvalCacheBytes { get; set; } = 2L << 30;
+    /// <summary>Record step_time and mem_gb (measurements); false writes 0 so that results.jsonl is reproducible.</summary>
+    public bool RecordTimings { get; set; } = true;
+    /// <summary>Images rendered per environment by the Synthetic dataset.</summary>
+    public int? SyntheticSize { get; set; }
+    /// <summary>Only warnings on stderr.</summary>
+    public bool Quiet { get; set; }
+    /// <summary>Image preprocessing (null: the dataset's default: DomainBed's transforms, or /255 for MNIST).</summary>
+    public IPreprocessor? Preprocessor { get; set; }
+    /// <summary>Stop after this many steps of this invocation (tests of resume: a "kill" at a known point).</summary>
+    public int? StopAfterSteps { get; set; }
+}
+
+/// <summary>Accuracies and averaged training metrics of one evaluation.</summary>
+public sealed record EvalResult(int Step, double Epoch, double Loss, double AuxLoss, double StepTime, IReadOnlyDictionary<string, double> Accuracies);
+
+/// <summary>Reported after every step; <see cref="Evaluation"/> is set at evaluation steps.</summary>
+public sealed record TrainProgress(int Step, int TotalSteps, double Loss, double AuxLoss, double StepTimeSeconds, TimeSpan Eta, EvalResult? Evaluation);
+
+/// <summary>A finished (or stopped) run.</summary>
+public sealed record TrainResult(string OutputDir, string ModelPath, IReadOnlyList<EvalResult> Evaluations, bool Done, IReadOnlyList<int> TestEnvs, IReadOnlyList<string> EnvNames);

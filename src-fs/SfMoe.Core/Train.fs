@@ -1,0 +1,169 @@
+/// Training, DomainBed's contract: an algorithm holds a network and an optimizer; `update` takes one minibatch per
+/// training environment and returns metrics as floats; `predict` returns logits. ERM minimises the mean
+/// cross-entropy; SFMoE and GMoE add the sum of the sparse blocks' weighted balance losses (spec §5).
+/// Each update runs in one dispose scope; only floats leave it.
+module SfMoe.Core.Train
+
+open System
+open TorchSharp
+open TorchSharp.Modules
+open SfMoe.Core.Tensors
+open SfMoe.Core.Config
+open SfMoe.Core.Layers
+
+/// A network: the ViT/SF-MoE model or a CNN baseline with a linear classifier.
+type Network =
+    | VitNet of Vit.SfMoeVit
+    | ResNetNet of root: Node * ResNet50: Backbones.ResNet50 * classifier: Linear * dropout: float
+    | MnistNet of root: Node * Backbones.MnistCnn * classifier: Linear
+
+    member this.Module: Module =
+        match this with
+        | VitNet v -> v :> Module
+        | ResNetNet(root, _, _, _) -> root :> Module
+        | MnistNet(root, _, _) -> root :> Module
+
+    /// Training or eval mode (a ResNet's BatchNorms stay frozen in eval mode, as DomainBed's freeze_bn).
+    member this.SetTraining(training: bool) =
+        this.Module.train training |> ignore
+        match this with
+        | ResNetNet(_, r, _, _) -> for n in Backbones.resnetNorms r do n.eval () |> ignore
+        | _ -> ()
+
+    member this.Kind =
+        match this with
+        | VitNet _ -> "vit"
+        | ResNetNet _ -> "resnet50"
+        | MnistNet _ -> "mnist_cnn"
+
+/// The outputs an update needs: logits, the summed aux loss, and routing records when asked for.
+type NetOutput =
+    { Logits: Tensor
+      Aux: Tensor
+      Routing: (int * Moe.Record) list }
+
+/// Build a CNN baseline with `numClasses` outputs on `dd` (weights drawn from torch's global generator, which
+/// the caller seeds).
+let resnet (dd: Dd) (inChans: int) (numClasses: int) (dropout: float) : Network =
+    let r = Backbones.resnet50 dd inChans
+    let cls = torch.nn.Linear(2048L, int64 numClasses, true, dd.Device, Nullable dd.DType)
+    let root = new Node("ResNet50", [ "featurizer", node [ "network", node (Backbones.resnetTree r) :> Module ] :> Module; "classifier", cls :> Module ], [])
+    ResNetNet(root, r, cls, dropout)
+
+let mnist (dd: Dd) (inChans: int) (numClasses: int) : Network =
+    let m = Backbones.mnistCnn dd inChans
+    let cls = torch.nn.Linear(128L, int64 numClasses, true, dd.Device, Nullable dd.DType)
+    let root = new Node("MNIST_CNN", [ "featurizer", node (Backbones.mnistTree m) :> Module; "classifier", cls :> Module ], [])
+    MnistNet(root, m, cls)
+
+/// Forward pass in the network's current mode.
+let forward (net: Network) (rng: torch.Generator option) (wantRouting: bool) (x: Tensor) : NetOutput =
+    match net with
+    | VitNet v ->
+        let o = v.Run(x, false, wantRouting, Option.toObj rng)
+        o.Features.Dispose()
+        { Logits = o.Logits; Aux = o.Aux; Routing = o.Routing }
+    | ResNetNet(root, r, cls, p) ->
+        use f = Backbones.resnetForward r x
+        use fd = dropout { Training = root.training; Rng = rng } p f
+        { Logits = cls.forward fd; Aux = torch.zeros([||], dtype = x.dtype, device = x.device); Routing = [] }
+    | MnistNet(_, m, cls) ->
+        use f = Backbones.mnistForward m x
+        { Logits = cls.forward f; Aux = torch.zeros([||], dtype = x.dtype, device = x.device); Routing = [] }
+
+type AlgorithmKind =
+    /// Cross-entropy only.
+    | Erm
+    /// Cross-entropy + the sum of the sparse blocks' balance losses (SF-MoE).
+    | SfMoeAlg
+    /// The same objective (GMoE); its defaults differ in the hyperparameter registry.
+    | GMoeAlg
+
+module AlgorithmKind =
+    let all = [ "ERM", Erm; "SFMoE", SfMoeAlg; "GMoE", GMoeAlg ]
+    let name (a: AlgorithmKind) = all |> List.find (fun (_, x) -> x = a) |> fst
+    let tryParse (s: string) = all |> List.tryFind (fun (n, _) -> String.Equals(n, s, StringComparison.OrdinalIgnoreCase)) |> Option.map snd
+
+type OptimizerKind =
+    /// torch.optim.Adam: weight decay as L2 added to the gradient, on every parameter (as the authors).
+    | AdamL2
+    /// AdamW: decoupled weight decay.
+    | AdamW
+
+/// Per-expert load and dropped tokens of one sparse block, accumulated over updates.
+type RoutingStats =
+    { /// kept (token, choice) pairs per expert
+      mutable Load: float[]
+      /// tokens none of whose choices was processed (they pass through the residual only)
+      mutable DroppedTokens: float
+      mutable Tokens: float }
+
+    member s.LoadFractions = let t = Array.sum s.Load in s.Load |> Array.map (fun l -> if t > 0.0 then l / t else 0.0)
+    member s.DroppedFraction = if s.Tokens > 0.0 then s.DroppedTokens / s.Tokens else 0.0
+
+/// Metrics of one update (floats only).
+type Metrics =
+    { Loss: float
+      Ce: float
+      Aux: float }
+
+/// An algorithm: network + optimizer + the generator of its random choices.
+type Learner(net: Network, kind: AlgorithmKind, optimizer: OptimizerKind, lr: float, weightDecay: float, seed: int64, dd: Dd) =
+    let parameters = net.Module.parameters () |> Seq.toArray
+    let opt: OptimizerHelper =
+        match optimizer with
+        | AdamL2 -> torch.optim.Adam(parameters, lr, 0.9, 0.999, 1e-8, weightDecay, false, false) :> OptimizerHelper
+        | AdamW -> torch.optim.AdamW(parameters, lr, 0.9, 0.999, 1e-8, weightDecay, false, false) :> OptimizerHelper
+    let rng = generator seed dd
+    let stats = Collections.Generic.SortedDictionary<int, RoutingStats>()
+
+    member _.Network = net
+    member _.Optimizer = opt
+    member _.Generator = rng
+    member _.Kind = kind
+    /// Routing statistics accumulated since the last `TakeRoutingStats`.
+    member _.TakeRoutingStats() =
+        let r = [ for KeyValue(b, s) in stats -> b, s ]
+        stats.Clear()
+        r
+
+    /// One optimisation step on one minibatch per training environment (concatenated in env order).
+    member _.Update(xs: Tensor list, ys: Tensor list) : Metrics =
+        use scope = torch.NewDisposeScope()
+        net.SetTraining true
+        let x = torch.cat(List.toArray xs, 0L)
+        let y = torch.cat(List.toArray ys, 0L)
+        let o = forward net (Some rng) true x
+        let ce = Losses.crossEntropy o.Logits y
+        let loss = if kind = Erm then ce else ce + o.Aux
+        opt.zero_grad ()
+        loss.backward ()
+        opt.step () |> ignore
+        for b, r in o.Routing do
+            let s =
+                match stats.TryGetValue b with
+                | true, s -> s
+                | _ ->
+                    let s = { Load = Array.zeroCreate (int r.Load.shape[0]); DroppedTokens = 0.0; Tokens = 0.0 }
+                    stats[b] <- s
+                    s
+            let load = r.Load.data<int64>().ToArray()
+            for e in 0 .. load.Length - 1 do s.Load[e] <- s.Load[e] + float load[e]
+            let anyKept = r.Kept.any(2L)
+            s.Tokens <- s.Tokens + float (anyKept.numel ())
+            s.DroppedTokens <- s.DroppedTokens + float (anyKept.logical_not().sum().item<int64> ())
+            (r :> IDisposable).Dispose()
+        { Loss = loss.item<float32> () |> float; Ce = ce.item<float32> () |> float; Aux = o.Aux.item<float32> () |> float }
+
+    /// Logits in eval mode, without gradient. The caller disposes them.
+    member _.Predict(x: Tensor, ?evalRng: torch.Generator) : Tensor =
+        use _ = torch.no_grad ()
+        net.SetTraining false
+        let o = forward net evalRng false x
+        o.Aux.Dispose()
+        o.Logits
+
+    interface IDisposable with
+        member _.Dispose() =
+            rng.Dispose()
+            opt.Dispose()

@@ -1,0 +1,165 @@
+using System.Text.Json;
+using SfMoe.Checkpoints;
+using SfMoe.Data;
+using SfMoe.Runs;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SfMoe.Host.Tests;
+
+/// <summary>A tiny in-memory multi-domain dataset: the label is which half of the image is bright; each environment
+/// tints the images differently.</summary>
+internal sealed class ToyDataset : IMultiDomainDataset
+{
+    public ToyDataset(int perEnv = 40, int size = 16, int badIndex = -1)
+    {
+        var names = new[] { "red", "green", "blue" };
+        Spec = new DatasetSpec("Toy", "toy", names, new[] { "top", "bottom" }, 3, size, size, 30, 10, Preprocess.ImageNet);
+        Environments = names.Select((n, e) => (IDomainEnvironment)new Env(n, e, perEnv, size, badIndex)).ToList();
+    }
+
+    public DatasetSpec Spec { get; }
+    public IReadOnlyList<IDomainEnvironment> Environments { get; }
+
+    sealed class Env(string name, int e, int count, int size, int bad) : IDomainEnvironment
+    {
+        public string Name => name;
+        public int Count => count;
+        public int LabelOf(int i) => i % 2;
+        public string SourceOf(int i) => $"toy:{name}/{i}";
+        public IReadOnlyList<Keypoint>? KeypointsOf(int i) => null;
+        public ImageU8 Load(int i)
+        {
+            if (i == bad) throw new ImageLoadException(SourceOf(i), "deliberately unreadable");
+            var rng = new Random(e * 1000 + i);
+            var px = new byte[size * size * 3];
+            for (int y = 0; y < size; y++)
+                for (int x = 0; x < size; x++)
+                {
+                    bool bright = (y < size / 2) == (i % 2 == 0);
+                    for (int c = 0; c < 3; c++)
+                        px[(y * size + x) * 3 + c] = (byte)Math.Clamp((bright ? 180 : 60) + (c == e ? 50 : 0) + rng.Next(-20, 21), 0, 255);
+                }
+            return new ImageU8(size, size, 3, px);
+        }
+    }
+}
+
+public class TrainerTests : IDisposable
+{
+    readonly string _dir = Directory.CreateTempSubdirectory("sfmoe-train-").FullName;
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    TrainOptions Options(string name, string algorithm = "SFMoE", int steps = 25) => new()
+    {
+        DatasetInstance = new ToyDataset(),
+        TestEnvs = new[] { 2 },
+        Algorithm = algorithm,
+        Model = algorithm == "ERM" ? "vit_test_patch8_32" : "sfmoe_test_patch8_32",
+        Steps = steps,
+        CheckpointFreq = 10,
+        BatchSize = 8,
+        Lr = 1e-3,
+        OutputDir = Path.Combine(_dir, name),
+        RecordTimings = false,
+        Quiet = true,
+        Workers = 2,
+    };
+
+    static string[] Lines(string dir) => File.ReadAllLines(Path.Combine(dir, "results.jsonl"));
+
+    [Fact]
+    public void WritesDomainBedResultsAModelFileAndDone()
+    {
+        var o = Options("run");
+        var r = Trainer.Run(o);
+        Assert.True(r.Done);
+        Assert.True(File.Exists(Path.Combine(o.OutputDir, "done")));
+        var lines = Lines(o.OutputDir);
+        Assert.Equal(new[] { 0, 10, 20, 24 }, lines.Select(l => JsonDocument.Parse(l).RootElement.GetProperty("step").GetInt32()));
+        using var doc = JsonDocument.Parse(lines[^1]);
+        var root = doc.RootElement;
+        foreach (var key in new[] { "step", "epoch", "loss", "aux_loss", "step_time", "mem_gb", "hparams", "args",
+                                    "env0_in_acc", "env0_out_acc", "env1_in_acc", "env1_out_acc", "env2_in_acc", "env2_out_acc", "routing" })
+            Assert.True(root.TryGetProperty(key, out _), key);
+        Assert.Equal("SFMoE", root.GetProperty("args").GetProperty("algorithm").GetString());
+        Assert.Equal(2, root.GetProperty("args").GetProperty("test_envs")[0].GetInt32());
+        Assert.Equal(8, root.GetProperty("hparams").GetProperty("batch_size").GetInt32());
+        var load = root.GetProperty("routing").GetProperty("blocks.1").GetProperty("load").EnumerateArray().Select(x => x.GetDouble()).ToList();
+        Assert.Equal(4, load.Count);
+        Assert.Equal(1.0, load.Sum(), 3);
+        Assert.True(root.GetProperty("aux_loss").GetDouble() >= 0.02 - 1e-6, "two sparse blocks: aux >= 2 * 0.01");
+
+        // The model file carries everything needed to rebuild and run the model.
+        var (net, header) = ModelFile.Load(r.ModelPath);
+        using var module = net.Module;
+        Assert.Equal("vit", header.Backbone);
+        Assert.Equal(new[] { "top", "bottom" }, header.ClassNames);
+        Assert.Equal(24, header.Step);
+        Assert.Equal(2, header.NumClasses);
+    }
+
+    [Fact]
+    public void ASecondRunWithTheSameSeedsIsIdentical()
+    {
+        var a = Options("a", steps: 12);
+        var b = Options("b", steps: 12);
+        Trainer.Run(a);
+        Trainer.Run(b);
+        var la = Lines(a.OutputDir).Select(l => l.Replace(a.OutputDir, "OUT"));
+        var lb = Lines(b.OutputDir).Select(l => l.Replace(b.OutputDir, "OUT"));
+        Assert.Equal(la, lb);
+    }
+
+    [Fact]
+    public void AResumedRunEqualsAnUninterruptedOne()
+    {
+        var full = Options("full");
+        Trainer.Run(full);
+        var part = Options("part");
+        part.StopAfterSteps = 15; // killed after step 14: the last checkpoint is step 10
+        var stopped = Trainer.Run(part);
+        Assert.False(stopped.Done);
+        Assert.False(File.Exists(Path.Combine(part.OutputDir, "done")));
+        part.StopAfterSteps = null;
+        part.Resume = true;
+        var resumed = Trainer.Run(part);
+        Assert.True(resumed.Done);
+        Assert.Equal(Lines(full.OutputDir).Select(l => l.Replace(full.OutputDir, "OUT")), Lines(part.OutputDir).Select(l => l.Replace(part.OutputDir, "OUT")));
+    }
+
+    [Fact]
+    public void BadOptionsAreClearErrors()
+    {
+        var o = Options("bad");
+        o.TestEnvs = new[] { 3 };
+        Assert.Equal("test env 3 is out of range: Toy has environments 0..2", Assert.Throws<SfMoeException>(() => Trainer.Run(o)).Message);
+        o.TestEnvs = new[] { 0, 1, 2 };
+        Assert.Equal("every environment of Toy is a test env: none is left to train on", Assert.Throws<SfMoeException>(() => Trainer.Run(o)).Message);
+        o.TestEnvs = new[] { 0 };
+        o.Algorithm = "IRM";
+        Assert.Equal("unknown algorithm IRM: expected ERM, SFMoE or GMoE", Assert.Throws<SfMoeException>(() => Trainer.Run(o)).Message);
+        o.Algorithm = "SFMoE";
+        o.Model = "resnet50";
+        Assert.Equal("SFMoE needs a ViT model with sparse blocks, not resnet50", Assert.Throws<SfMoeException>(() => Trainer.Run(o)).Message);
+        var done = Options("twice", steps: 2);
+        Trainer.Run(done);
+        Assert.Contains("already holds a run", Assert.Throws<SfMoeException>(() => Trainer.Run(Options("twice", steps: 2))).Message);
+        var nothing = Options("nothing");
+        nothing.Resume = true;
+        Assert.Contains("nothing to resume", Assert.Throws<SfMoeException>(() => Trainer.Run(nothing)).Message);
+    }
+
+    [Fact]
+    public void UnreadableImagesAreSkippedWithOneWarning()
+    {
+        var o = Options("badimg", steps: 6);
+        o.DatasetInstance = new ToyDataset(badIndex: 3);
+        var r = Trainer.Run(o);
+        Assert.True(r.Done);
+        var log = File.ReadAllText(Path.Combine(o.OutputDir, "log.txt"));
+        Assert.Contains("skipping unreadable image toy:red/3: deliberately unreadable", log);
+        Assert.Single(log.Split('\n'), l => l.Contains("toy:red/3:"));
+        Assert.True(log.Contains("3 unreadable images were skipped"), log);
+    }
+}
