@@ -145,3 +145,69 @@ let moe (dim: int) (hidden: int) (experts: int) (topK: int) (tokens: int64) (tok
       policy = ConfigJson.policies |> List.find (fun (_, p) -> p = policy) |> fst
       capacity_factor = (match cap with Dropless -> "dropless" | Factor f -> string f)
       scope = ConfigJson.scopes |> List.find (fun (_, s) -> s = scope) |> fst }
+
+type StepBenchResult =
+    { step_ms: float
+      forward_ms: float
+      backward_ms: float
+      optimizer_ms: float
+      model: string
+      batch_size: int
+      img_size: int
+      threads: int
+      macs_per_image: int64
+      step_gflop: float
+      achieved_gflops: float
+      matmul_gflops: float
+      efficiency: float }
+
+/// The machine's float32 matmul rate (2 * n^3 flops per n x n product), median of a few runs.
+let matmulGflops (n: int64) =
+    use a = torch.randn(n, n)
+    use b = torch.randn(n, n)
+    let ts = time 2 5 (fun () -> (torch.matmul(a, b)).Dispose())
+    2.0 * float (n * n * n) / (median ts / 1000.0) / 1e9
+
+/// One training step (forward, backward, Adam) on random tensors, median after warm-up; forward alone timed too.
+let step (cfg: VitConfig) (name: string) (batch: int) (warmup: int) (repeats: int) : StepBenchResult =
+    let dd = Dd.cpu
+    use model = new Vit.SfMoeVit(cfg, dd, Some 0L)
+    let net = Train.VitNet model
+    use learner = new Train.Learner(net, Train.SfMoeAlg, Train.AdamL2, 1e-5, 0.0, 0L, dd)
+    torch.manual_seed 0L |> ignore
+    let img = int64 cfg.ImgSize
+    use x = torch.randn(int64 batch, int64 cfg.InChans, img, img)
+    use y = torch.randint(int64 cfg.NumClasses, [| int64 batch |])
+    let stepTimes = time warmup repeats (fun () -> learner.Update([ x ], [ y ]) |> ignore)
+    model.train () |> ignore
+    let fwdTimes =
+        time warmup repeats (fun () ->
+            use o = model.Run(x)
+            ())
+    // backward: forward + backward without the optimizer, minus forward
+    let fbTimes =
+        time warmup repeats (fun () ->
+            use o = model.Run(x)
+            use l = Losses.crossEntropy o.Logits y
+            use total = l + o.Aux
+            total.backward ()
+            model.zero_grad ())
+    let stepMs, fwdMs, fbMs = median stepTimes, median fwdTimes, median fbTimes
+    let macs = Summary.table cfg |> List.sumBy (fun (_, _, _, _, m) -> m)
+    // forward = 2 * MACs flops; backward ~ 2x forward
+    let gflop = 3.0 * 2.0 * float macs * float batch / 1e9
+    let achieved = gflop / (stepMs / 1000.0)
+    let mm = matmulGflops 1024L
+    { step_ms = stepMs
+      forward_ms = fwdMs
+      backward_ms = fbMs - fwdMs
+      optimizer_ms = stepMs - fbMs
+      model = name
+      batch_size = batch
+      img_size = cfg.ImgSize
+      threads = torch.get_num_threads ()
+      macs_per_image = macs
+      step_gflop = gflop
+      achieved_gflops = achieved
+      matmul_gflops = mm
+      efficiency = achieved / mm }

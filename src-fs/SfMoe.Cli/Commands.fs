@@ -77,12 +77,35 @@ type BenchMoeArgs =
             | Repeats _ -> "timed runs; the median is reported (default 10)"
             | Json -> "print {\"moe_ms\": .., \"dense_ms\": .., \"ratio\": .., ...}"
 
+type BenchStepArgs =
+    | Model of name: string
+    | Model_Config of file: string
+    | Batch_Size of n: int
+    | Img_Size of n: int
+    | Threads of n: int
+    | Warmup of n: int
+    | Repeats of n: int
+    | Json
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Model _ -> "registry model (default sfmoe_small_patch16_224)"
+            | Model_Config _ -> "model config JSON file"
+            | Batch_Size _ -> "images per step (default 8)"
+            | Img_Size _ -> "input size (default: the model's)"
+            | Threads _ -> "CPU threads (default: all cores)"
+            | Warmup _ -> "untimed steps first (default 2)"
+            | Repeats _ -> "timed steps; the median is reported (default 5)"
+            | Json -> "print {\"step_ms\": .., \"forward_ms\": .., ...}"
+
 type BenchArgs =
     | [<CliPrefix(CliPrefix.None)>] Moe of ParseResults<BenchMoeArgs>
+    | [<CliPrefix(CliPrefix.None)>] Step of ParseResults<BenchStepArgs>
     interface IArgParserTemplate with
         member a.Usage =
             match a with
             | Moe _ -> "forward+backward of the MoE layer against a dense FFN with the same tokens and dims"
+            | Step _ -> "one training step (forward, backward, Adam) on random tensors, with achieved GFLOP/s"
 
 type ModelsArgs =
     | Json
@@ -112,10 +135,66 @@ type SummaryArgs =
             | Threads _ -> "CPU threads (default: all cores)"
             | Device _ -> "cpu (default), cuda or cuda:N"
 
+type TrainArgs =
+    | Dataset of name: string
+    | Data_Dir of dir: string
+    | Test_Env of index: int
+    | Algorithm of name: string
+    | Model of name: string
+    | Model_Config of file: string
+    | Pattern of pattern: string
+    | Steps of n: int
+    | Checkpoint_Freq of n: int
+    | Batch_Size of n: int
+    | Lr of x: float
+    | Weight_Decay of x: float
+    | Optimizer of name: string
+    | Seed of n: int
+    | Trial_Seed of n: int
+    | Hparams_Seed of n: int
+    | Threads of n: int
+    | Workers of n: int
+    | Device of device: string
+    | [<Mandatory>] Output_Dir of dir: string
+    | Resume
+    | Eval_Cache_Mb of mb: int
+    | Synthetic_Size of n: int
+    | No_Timings
+    | Quiet
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Dataset _ -> "PACS, VLCS, OfficeHome, TerraIncognita, DomainNet, SVIRO, CUB-DG, RotatedMNIST, ColoredMNIST, a folder in DomainBed's layout, or Synthetic (default: the built-in Synthetic dataset)"
+            | Data_Dir _ -> "folder holding the datasets (DomainBed's --data_dir)"
+            | Test_Env _ -> "held-out environment index (repeatable; default 0)"
+            | Algorithm _ -> "ERM, SFMoE (default) or GMoE"
+            | Model _ -> "registry model (sfmoe models) or resnet50 / mnist_cnn; default by algorithm and dataset"
+            | Model_Config _ -> "model config JSON file instead of --model"
+            | Pattern _ -> "block pattern or preset overriding the model's"
+            | Steps _ -> "training steps (default: the dataset's, e.g. 5001)"
+            | Checkpoint_Freq _ -> "evaluate and checkpoint every K steps (default: the dataset's, e.g. 300)"
+            | Batch_Size _ -> "images per training environment per step (default: hparams registry)"
+            | Lr _ -> "learning rate (default: hparams registry, the authors' per dataset)"
+            | Weight_Decay _ -> "weight decay (default: hparams registry)"
+            | Optimizer _ -> "adam (L2 weight decay, as the authors; default) or adamw"
+            | Seed _ -> "seed of init, data order, augmentation and random choices (default 0)"
+            | Trial_Seed _ -> "seed of the in/out splits (default 0)"
+            | Hparams_Seed _ -> "seed of random hyperparameters (0: defaults)"
+            | Threads _ -> "CPU threads for tensor ops (default: all cores)"
+            | Workers _ -> "threads decoding and augmenting images (default: half the cores)"
+            | Device _ -> "cpu (default), cuda or cuda:N"
+            | Output_Dir _ -> "run folder: results.jsonl, model.safetensors, train_state.safetensors, log.txt, done"
+            | Resume -> "continue the run in --output-dir from its last checkpoint"
+            | Eval_Cache_Mb _ -> "memory budget for evaluation images kept decoded (default 2048)"
+            | Synthetic_Size _ -> "images per environment of the Synthetic dataset"
+            | No_Timings -> "write 0 for step_time and mem_gb, so results.jsonl is reproducible byte for byte"
+            | Quiet -> "no progress output (warnings still go to stderr)"
+
 type Command =
     | [<CliPrefix(CliPrefix.None)>] Pattern of ParseResults<PatternArgs>
     | [<CliPrefix(CliPrefix.None)>] Models of ParseResults<ModelsArgs>
     | [<CliPrefix(CliPrefix.None)>] Summary of ParseResults<SummaryArgs>
+    | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainArgs>
     | [<CliPrefix(CliPrefix.None)>] Forward of ParseResults<ForwardArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
     | [<AltCommandLine("-V")>] Version
@@ -125,6 +204,7 @@ type Command =
             | Pattern _ -> "parse a block pattern: canonical form and expanded block kinds"
             | Models _ -> "list the model registry"
             | Summary _ -> "build a model, run it on a random batch, print its block layout and output shape"
+            | Train _ -> "train on a DomainBed dataset leaving environments out (default: SF-MoE on the built-in Synthetic dataset)"
             | Forward _ -> "run a model with given weights on an input tensor, write logits, aux loss and routing"
             | Bench _ -> "benchmarks (ratios measured side by side in one run)"
             | Version -> "print the version"
@@ -321,4 +401,103 @@ let benchMoe (a: ParseResults<BenchMoeArgs>) =
         Console.WriteLine(sprintf "  token-expert pairs processed: %d (%.3f per token, capacity %d)" r.pairs r.pairs_per_token r.capacity)
         Console.WriteLine(sprintf "  forward+backward, median: MoE %.1f ms, dense FFN %.1f ms, ratio %.3f" r.moe_ms r.dense_ms r.ratio)
         Console.WriteLine(sprintf "  split: experts %.1f ms, router + sort + gather/scatter %.1f ms (%.1f%% of the layer)" r.experts_ms r.routing_ms (100.0 * r.routing_fraction))
+    0
+
+let benchStep (a: ParseResults<BenchStepArgs>) =
+    a.TryGetResult BenchStepArgs.Threads |> Option.iter (fun t -> torch.set_num_threads (positive "threads" t))
+    let model = a.TryGetResult BenchStepArgs.Model
+    let file = a.TryGetResult BenchStepArgs.Model_Config
+    let name = defaultArg model (defaultArg file "sfmoe_small_patch16_224")
+    let cfg = loadConfig (if model.IsNone && file.IsNone then Some "sfmoe_small_patch16_224" else model) file
+    let cfg =
+        match a.TryGetResult BenchStepArgs.Img_Size with
+        | Some s -> { cfg with ImgSize = positive "img-size" s }
+        | None -> cfg
+    match Config.VitConfig.validate cfg with
+    | Error e -> fail "%s" e
+    | Ok _ -> ()
+    let r =
+        Bench.step cfg name (positive "batch-size" (a.GetResult(BenchStepArgs.Batch_Size, defaultValue = 8)))
+            (a.GetResult(BenchStepArgs.Warmup, defaultValue = 2)) (positive "repeats" (a.GetResult(BenchStepArgs.Repeats, defaultValue = 5)))
+    if a.Contains BenchStepArgs.Json then Console.WriteLine(json r)
+    else
+        Console.WriteLine(sprintf "training step: %s, batch %d, %dx%d, %d threads" r.model r.batch_size r.img_size r.img_size r.threads)
+        Console.WriteLine(sprintf "  step %.1f ms (forward %.1f, backward %.1f, optimizer %.1f), median" r.step_ms r.forward_ms r.backward_ms r.optimizer_ms)
+        Console.WriteLine(sprintf "  %.1f GFLOP per step (3 x 2 x %.2f GMAC/image), %.1f GFLOP/s = %.0f%% of this machine's 1024^3 matmul rate (%.1f GFLOP/s)"
+                            r.step_gflop (float r.macs_per_image / 1e9) r.achieved_gflops (100.0 * r.efficiency) r.matmul_gflops)
+    0
+
+/// The final table of a run: accuracy per environment and split at the last evaluation.
+let printResult (r: Runs.TrainResult) =
+    match r.Evaluations |> Seq.tryLast with
+    | None -> ()
+    | Some ev ->
+        Console.WriteLine(sprintf "step %d: loss %.4f, aux %.4f" ev.Step ev.Loss ev.AuxLoss)
+        Output.table Console.Out
+            [ yield [ "env"; "name"; "role"; "in acc"; "out acc" ]
+              for i, n in Seq.indexed r.EnvNames ->
+                  let acc split = match ev.Accuracies.TryGetValue(sprintf "env%d_%s" i split) with | true, v -> sprintf "%.3f" v | _ -> "-"
+                  [ string i; n; (if Seq.contains i r.TestEnvs then "test" else "train"); acc "in"; acc "out" ] ]
+
+let train (a: ParseResults<TrainArgs>) =
+    let o = Runs.TrainOptions()
+    o.Dataset <- a.TryGetResult TrainArgs.Dataset |> Option.toObj
+    o.DataDir <- a.TryGetResult TrainArgs.Data_Dir |> Option.toObj
+    let tes = a.GetResults TrainArgs.Test_Env
+    if not tes.IsEmpty then o.TestEnvs <- ResizeArray tes
+    o.Algorithm <- a.GetResult(TrainArgs.Algorithm, defaultValue = "SFMoE")
+    o.Model <- a.TryGetResult TrainArgs.Model |> Option.toObj
+    match a.TryGetResult TrainArgs.Model_Config with
+    | Some path ->
+        if not (IO.File.Exists path) then fail "model config %s: file not found" path
+        if o.Model <> null then fail "give --model or --model-config, not both"
+        o.ModelConfigJson <- IO.File.ReadAllText path
+    | None -> ()
+    o.Pattern <- a.TryGetResult TrainArgs.Pattern |> Option.toObj
+    o.Steps <- a.TryGetResult TrainArgs.Steps |> Option.map (positive "steps") |> Option.toNullable
+    o.CheckpointFreq <- a.TryGetResult TrainArgs.Checkpoint_Freq |> Option.map (positive "checkpoint-freq") |> Option.toNullable
+    o.BatchSize <- a.TryGetResult TrainArgs.Batch_Size |> Option.map (positive "batch-size") |> Option.toNullable
+    o.Lr <- a.TryGetResult TrainArgs.Lr |> Option.map (fun x -> if x > 0.0 then x else fail "--lr must be > 0, got %g" x) |> Option.toNullable
+    o.WeightDecay <- a.TryGetResult TrainArgs.Weight_Decay |> Option.map (fun x -> if x >= 0.0 then x else fail "--weight-decay must be >= 0, got %g" x) |> Option.toNullable
+    o.Optimizer <- a.GetResult(TrainArgs.Optimizer, defaultValue = "adam")
+    o.Seed <- a.GetResult(TrainArgs.Seed, defaultValue = 0)
+    o.TrialSeed <- a.GetResult(TrainArgs.Trial_Seed, defaultValue = 0)
+    o.HparamsSeed <- a.GetResult(TrainArgs.Hparams_Seed, defaultValue = 0)
+    o.Threads <- a.TryGetResult TrainArgs.Threads |> Option.map (positive "threads") |> Option.toNullable
+    o.Workers <- a.TryGetResult TrainArgs.Workers |> Option.map (positive "workers") |> Option.toNullable
+    o.Device <- a.GetResult(TrainArgs.Device, defaultValue = "cpu")
+    o.OutputDir <- a.GetResult TrainArgs.Output_Dir
+    o.Resume <- a.Contains TrainArgs.Resume
+    o.EvalCacheBytes <- int64 (a.GetResult(TrainArgs.Eval_Cache_Mb, defaultValue = 2048)) * 1024L * 1024L
+    o.SyntheticSize <- a.TryGetResult TrainArgs.Synthetic_Size |> Option.map (positive "synthetic-size") |> Option.toNullable
+    o.RecordTimings <- not (a.Contains TrainArgs.No_Timings)
+    o.Quiet <- a.Contains TrainArgs.Quiet
+    let live = not o.Quiet && not Console.IsOutputRedirected
+    let mutable lastPrint = DateTime.MinValue
+    let progress =
+        { new IProgress<Runs.TrainProgress> with
+            member _.Report p =
+                if not o.Quiet then
+                    let line =
+                        sprintf "step %d/%d  loss %.4f  aux %.4f  %.0f ms/step  ETA %s" (p.Step + 1) p.TotalSteps p.Loss p.AuxLoss
+                            (p.StepTimeSeconds * 1000.0) (p.Eta.ToString(@"hh\:mm\:ss"))
+                    match Option.ofObj p.Evaluation with
+                    | Some ev ->
+                        if live then Console.Write("\r" + String(' ', 100) + "\r")
+                        let accs = ev.Accuracies |> Seq.map (fun kv -> sprintf "%s %.3f" kv.Key kv.Value) |> String.concat "  "
+                        Console.WriteLine(sprintf "eval @ step %d: loss %.4f  aux %.4f  %s" ev.Step ev.Loss ev.AuxLoss accs)
+                    | None ->
+                        if live && (DateTime.UtcNow - lastPrint).TotalMilliseconds > 200.0 then
+                            lastPrint <- DateTime.UtcNow
+                            Console.Write("\r" + line.PadRight(100))
+                        elif not live && (p.Step + 1) % 50 = 0 then Console.WriteLine line }
+    use cts = new Threading.CancellationTokenSource()
+    Console.CancelKeyPress.Add(fun e ->
+        e.Cancel <- true
+        cts.Cancel())
+    let r = Runs.Trainer.Run(o, progress, cts.Token)
+    if live then Console.Write("\r" + String(' ', 100) + "\r")
+    printResult r
+    Console.WriteLine(sprintf "results: %s" (IO.Path.Combine(r.OutputDir, "results.jsonl")))
+    Console.WriteLine(sprintf "model:   %s" r.ModelPath)
     0

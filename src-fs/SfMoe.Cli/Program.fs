@@ -30,11 +30,13 @@ let main argv =
             | Some(Command.Pattern a) -> pattern a
             | Some(Models a) -> models a
             | Some(Summary a) -> summary a
+            | Some(Train a) -> train a
             | Some(Forward a) -> forward a
             | Some(Bench b) ->
                 match b.TryGetSubCommand() with
                 | Some(BenchArgs.Moe a) -> benchMoe a
-                | None -> error "bench needs a benchmark: moe (see 'sfmoe bench --help')"
+                | Some(BenchArgs.Step a) -> benchStep a
+                | None -> error "bench needs a benchmark: moe or step (see 'sfmoe bench --help')"
             | _ ->
                 Console.Error.WriteLine(parser.PrintUsage())
                 2
