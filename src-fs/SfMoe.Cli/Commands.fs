@@ -190,11 +190,25 @@ type TrainArgs =
             | No_Timings -> "write 0 for step_time and mem_gb, so results.jsonl is reproducible byte for byte"
             | Quiet -> "no progress output (warnings still go to stderr)"
 
+type CollectArgs =
+    | [<Mandatory>] Input_Dir of dir: string
+    | Format of format: string
+    | Selection of method: string
+    | Complete_Only
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Input_Dir _ -> "folder of run folders (each with results.jsonl)"
+            | Format _ -> "markdown (default), latex, csv, json or text (DomainBed's own layout)"
+            | Selection _ -> "iid (training-domain validation), loo (leave-one-domain-out) or oracle; default: all three"
+            | Complete_Only -> "use only runs that finished (have a done file)"
+
 type Command =
     | [<CliPrefix(CliPrefix.None)>] Pattern of ParseResults<PatternArgs>
     | [<CliPrefix(CliPrefix.None)>] Models of ParseResults<ModelsArgs>
     | [<CliPrefix(CliPrefix.None)>] Summary of ParseResults<SummaryArgs>
     | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainArgs>
+    | [<CliPrefix(CliPrefix.None)>] Collect of ParseResults<CollectArgs>
     | [<CliPrefix(CliPrefix.None)>] Forward of ParseResults<ForwardArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
     | [<AltCommandLine("-V")>] Version
@@ -205,6 +219,7 @@ type Command =
             | Models _ -> "list the model registry"
             | Summary _ -> "build a model, run it on a random batch, print its block layout and output shape"
             | Train _ -> "train on a DomainBed dataset leaving environments out (default: SF-MoE on the built-in Synthetic dataset)"
+            | Collect _ -> "model selection and result tables over runs, exactly as DomainBed (mean +/- standard error over trials)"
             | Forward _ -> "run a model with given weights on an input tensor, write logits, aux loss and routing"
             | Bench _ -> "benchmarks (ratios measured side by side in one run)"
             | Version -> "print the version"
@@ -501,3 +516,25 @@ let train (a: ParseResults<TrainArgs>) =
     Console.WriteLine(sprintf "results: %s" (IO.Path.Combine(r.OutputDir, "results.jsonl")))
     Console.WriteLine(sprintf "model:   %s" r.ModelPath)
     0
+
+let collect (a: ParseResults<CollectArgs>) =
+    let dir = a.GetResult CollectArgs.Input_Dir
+    if not (IO.Directory.Exists dir) then fail "--input-dir %s: folder not found" dir
+    let format =
+        try Runs.Collect.ParseFormat(a.GetResult(CollectArgs.Format, defaultValue = "markdown"))
+        with :? ArgumentException as e -> fail "--format: %s" e.Message
+    let records = Runs.Records.Load dir
+    let records = if a.Contains CollectArgs.Complete_Only then records.CompleteRunsOnly() else records
+    if records.Records.Count = 0 then fail "--input-dir %s: no results.jsonl records found" dir
+    let envNames = Func<string, Collections.Generic.IReadOnlyList<string>>(Data.DatasetNames.EnvironmentsOf)
+    let text =
+        match a.TryGetResult CollectArgs.Selection with
+        | Some m ->
+            let meth =
+                try Runs.SelectionMethod.Parse m
+                with :? ArgumentException as e -> fail "--selection: %s" e.Message
+            Runs.Collect.Format(Runs.Collect.Tables(records, meth, envNames), format)
+        | None -> Runs.Collect.Format(Runs.Collect.AllTables(records, envNames), format)
+    Console.Write text
+    if format = Runs.TableFormat.Csv then eprintf "%s" (Runs.Collect.RunReport records)
+    if records.HasErrors then 1 else 0

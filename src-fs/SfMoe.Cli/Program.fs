@@ -31,6 +31,7 @@ let main argv =
             | Some(Models a) -> models a
             | Some(Summary a) -> summary a
             | Some(Train a) -> train a
+            | Some(Collect a) -> collect a
             | Some(Forward a) -> forward a
             | Some(Bench b) ->
                 match b.TryGetSubCommand() with

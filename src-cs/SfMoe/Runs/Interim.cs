@@ -1,6 +1,7 @@
 using SfMoe.Data;
 
-namespace SfMoe.Runs;
+namespace SfMoe.Runs
+{
 
 // Interim pieces, replaced when the data pipeline lands (datasets, exact DomainBed splits and hparam draws, transforms).
 
@@ -50,5 +51,16 @@ internal static class Preprocessors
             for (int ch = 0; ch < c; ch++) for (int y = 0; y < size; y++) for (int x = 0; x < size; x++)
                 d[(ch * size + y) * size + x] = (r[y, x, ch] / 255f - 0.5f) / 0.25f;
         }
+    }
+}
+}
+
+namespace SfMoe.Data
+{
+    /// <summary>Environment names by dataset name, for result tables.</summary>
+    public static class DatasetNames
+    {
+        /// <summary>The environments of a known dataset, or null.</summary>
+        public static IReadOnlyList<string>? EnvironmentsOf(string dataset) => null;
     }
 }
