@@ -28,31 +28,6 @@ internal static class DatasetCatalog
     public static IMultiDomainDataset Open(TrainOptions o, RunLog log) => throw new SfMoeException("datasets by name are not available yet");
 }
 
-internal static class Preprocessors
-{
-    public static IPreprocessor For(DatasetSpec spec, int size) => new Nearest(spec.Channels, size);
-
-    sealed class Nearest(int c, int size) : IPreprocessor
-    {
-        public int Channels => c; public int Height => size; public int Width => size;
-        public float[] Mean => Enumerable.Repeat(0.5f, c).ToArray();
-        public float[] Std => Enumerable.Repeat(0.25f, c).ToArray();
-        public void Train(ImageU8 image, Random rng, Span<float> dest) { ToInput(Resize(image), dest); if (rng.Next(2) == 0) Flip(dest); }
-        void Flip(Span<float> d) { for (int ch = 0; ch < c; ch++) for (int y = 0; y < size; y++) d.Slice((ch * size + y) * size, size).Reverse(); }
-        public ImageU8 Resize(ImageU8 im)
-        {
-            var px = new byte[size * size * c];
-            for (int y = 0; y < size; y++) for (int x = 0; x < size; x++) for (int ch = 0; ch < c; ch++)
-                px[(y * size + x) * c + ch] = im[y * im.Height / size, x * im.Width / size, Math.Min(ch, im.Channels - 1)];
-            return new ImageU8(size, size, c, px);
-        }
-        public void ToInput(ImageU8 r, Span<float> d)
-        {
-            for (int ch = 0; ch < c; ch++) for (int y = 0; y < size; y++) for (int x = 0; x < size; x++)
-                d[(ch * size + y) * size + x] = (r[y, x, ch] / 255f - 0.5f) / 0.25f;
-        }
-    }
-}
 }
 
 namespace SfMoe.Data
