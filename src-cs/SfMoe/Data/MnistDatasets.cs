@@ -154,7 +154,8 @@ public sealed class MnistEnvironments : IMultiDomainDataset
     /// </summary>
     public static MnistEnvironments Rotated(MnistData data, DatasetSpec spec, int seed)
     {
-        var perm = Permutation(data.Count, seed, out _);
+        var perm = Permutation(data.Count, seed, out var gen);
+        gen.Dispose();
         int n = RotatedAngles.Count;
         var envs = new IDomainEnvironment[n];
         for (int e = 0; e < n; e++)
@@ -228,7 +229,7 @@ public sealed class MnistEnvironments : IMultiDomainDataset
         public string Name { get; } = name;
         public int Count => index.Length;
         public int LabelOf(int i) => data.Labels[index[i]];
-        public string SourceOf(int i) => $"{Path.Combine(data.Folder, "MNIST")}#{index[i]} rotated {angle}";
+        public string SourceOf(int i) => $"MNIST#{index[i]} rotated {angle} ({data.Folder})";
         public IReadOnlyList<Keypoint>? KeypointsOf(int i) { _ = index[i]; return null; }
         public ImageU8 Load(int i)
         {
@@ -244,7 +245,7 @@ public sealed class MnistEnvironments : IMultiDomainDataset
         public int LabelOf(int i) => labels[i];
         public int ColourOf(int i) => colours[i];
         public int DigitOf(int i) => data.Labels[index[i]];
-        public string SourceOf(int i) => $"{Path.Combine(data.Folder, "MNIST")}#{index[i]} colour {colours[i]}";
+        public string SourceOf(int i) => $"MNIST#{index[i]} colour {colours[i]} ({data.Folder})";
         public IReadOnlyList<Keypoint>? KeypointsOf(int i) { _ = index[i]; return null; }
         public ImageU8 Load(int i)
         {
