@@ -77,6 +77,24 @@ public class ImageFolderTests
     }
 
     [Fact]
+    public void TheDataDirectoryCanComeFromTheEnvironment()
+    {
+        using var tmp = new TempDir();
+        MakePacs(tmp, 1);
+        var old = Environment.GetEnvironmentVariable(Datasets.DataDirVariable);
+        try
+        {
+            Environment.SetEnvironmentVariable(Datasets.DataDirVariable, tmp.Path);
+            Assert.Equal(4, Datasets.Open("PACS", dataDir: null, SkiaDecode).Environments.Count);
+            Environment.SetEnvironmentVariable(Datasets.DataDirVariable, null);
+            var e = Assert.Throws<SfMoeException>(() => Datasets.Open("PACS", dataDir: null, SkiaDecode));
+            Assert.Contains("no data directory given", e.Message);
+            Assert.Contains("SFMOE_DATA_DIR", e.Message);
+        }
+        finally { Environment.SetEnvironmentVariable(Datasets.DataDirVariable, old); }
+    }
+
+    [Fact]
     public void MissingDataDirAndDatasetFolderAreNamedWithAHint()
     {
         using var tmp = new TempDir();
