@@ -173,7 +173,7 @@ let step (cfg: VitConfig) (name: string) (batch: int) (warmup: int) (repeats: in
     let dd = Dd.cpu
     use model = new Vit.SfMoeVit(cfg, dd, Some 0L)
     let net = Train.VitNet model
-    use learner = new Train.Learner(net, Train.SfMoeAlg, Train.AdamL2, 1e-5, 0.0, 0L, dd)
+    use learner = new Train.Learner(net, Train.SfMoeAlg, Optim.AdamL2, 1e-5, 0.0, 0L, dd)
     torch.manual_seed 0L |> ignore
     let img = int64 cfg.ImgSize
     use x = torch.randn(int64 batch, int64 cfg.InChans, img, img)

@@ -35,7 +35,7 @@ let forward (c: VitConfig) (ctx: Ctx) (p: Params) (wantMaps: bool) (x: Tensor) :
             torch.nn.functional.scaled_dot_product_attention(q, k, v), None // (B, H, N, hd)
         else
             use kt = k.transpose(-2L, -1L)
-            use scores = torch.matmul(q, kt).mul_((1.0 / sqrt (float hd)).ToScalar()) // (B, H, N, N)
+            use scores = torch.matmul(q, kt).mul_(Scalars.constant (1.0 / sqrt (float hd))) // (B, H, N, N)
             let probs = scores.softmax(-1L)
             use dropped = dropout ctx attnDrop probs
             torch.matmul(dropped, v), (if wantMaps then Some probs else (probs.Dispose(); None))

@@ -12,7 +12,16 @@ open SfMoe.Core.Layers
 let private conv (dd: Dd) inC outC k stride pad =
     torch.nn.Conv2d(int64 inC, int64 outC, int64 k, int64 stride, int64 pad, 1L, PaddingModes.Zeros, 1L, false, dd.Device, System.Nullable dd.DType)
 
-let private bn (dd: Dd) c = torch.nn.BatchNorm2d(int64 c, 1e-5, 0.1, true, true, dd.Device, System.Nullable dd.DType)
+/// Norm layers are initialised here (weight 1, bias 0): TorchSharp 0.107's GroupNorm built with a device leaves
+/// its parameters uninitialised.
+let private resetNorm (weight: Tensor) (bias: Tensor) =
+    Init.ones weight
+    Init.zeros bias
+
+let private bn (dd: Dd) c =
+    let n = torch.nn.BatchNorm2d(int64 c, 1e-5, 0.1, true, true, dd.Device, System.Nullable dd.DType)
+    resetNorm n.weight n.bias
+    n
 
 /// torchvision Bottleneck (expansion 4, stride on the 3x3 conv).
 type Bottleneck =
@@ -53,7 +62,7 @@ let private bottleneckForward (b: Bottleneck) (x: Tensor) : Tensor =
             use d = c.forward x
             n.forward d
         | None -> x.alias ()
-    (y + identity).relu_()
+    (add y identity).relu_()
 
 /// ResNet-50 (torchvision) without its fc layer: (B, C, H, W) -> (B, 2048).
 type ResNet50 =
@@ -112,7 +121,10 @@ type MnistCnn =
 
 let mnistCnn (dd: Dd) (inChans: int) : MnistCnn =
     let c (i: int) o k s p = torch.nn.Conv2d(int64 i, int64 o, int64 k, int64 s, int64 p, 1L, PaddingModes.Zeros, 1L, true, dd.Device, System.Nullable dd.DType)
-    let gn ch = torch.nn.GroupNorm(8L, int64 ch, 1e-5, true, dd.Device, System.Nullable dd.DType)
+    let gn ch =
+        let n = torch.nn.GroupNorm(8L, int64 ch, 1e-5, true, dd.Device, System.Nullable dd.DType)
+        resetNorm n.weight n.bias
+        n
     { Convs = [| c inChans 64 3 1 1; c 64 128 3 2 1; c 128 128 3 1 1; c 128 128 3 1 1 |]
       Norms = [| gn 64; gn 128; gn 128; gn 128 |] }
 

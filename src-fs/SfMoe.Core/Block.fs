@@ -58,7 +58,7 @@ let forward (c: VitConfig) (ctx: Ctx) (p: Params) (wantAttn: bool) (wantRouting:
         let a, maps = Attention.forward c ctx p.Attn wantAttn y
         use a = a
         use ad = dropPath ctx p.DropPath a
-        x + ad, maps
+        add x ad, maps
     use x1 = x1
     use z = p.Norm2.forward x1
     let f, aux, routing =
@@ -69,4 +69,4 @@ let forward (c: VitConfig) (ctx: Ctx) (p: Params) (wantAttn: bool) (wantRouting:
             o.Y, Some o.Aux, o.Record
     use f = f
     use fd = dropPath ctx p.DropPath f
-    { X = x1 + fd; Aux = aux; Attn = maps; Routing = routing }
+    { X = add x1 fd; Aux = aux; Attn = maps; Routing = routing }

@@ -43,9 +43,13 @@ let linear (dd: Dd) (g: torch.Generator option) (inF: int) (outF: int) (bias: bo
     if bias then Init.zeros l.bias
     l
 
-/// nn.LayerNorm with weight 1, bias 0.
+/// nn.LayerNorm with weight 1, bias 0 (set explicitly: TorchSharp's norm layers built with a device do not always
+/// initialise their parameters).
 let layerNorm (dd: Dd) (dim: int) (eps: float) : LayerNorm =
-    torch.nn.LayerNorm(int64 dim, eps, true, true, dd.Device, Nullable dd.DType)
+    let n = torch.nn.LayerNorm(int64 dim, eps, true, true, dd.Device, Nullable dd.DType)
+    Init.ones n.weight
+    Init.zeros n.bias
+    n
 
 /// Patch-embedding convolution (kernel = stride = patch) with PyTorch's default init drawn from `g`:
 /// weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).

@@ -19,13 +19,13 @@ let gshard (groups: int64) (probs: Tensor) (top1: Tensor) : Tensor =
         ohf.mean([| 1L |]) // (G, E)
     use prod = meanP * frac
     use m = prod.mean()
-    m.mul((float (e * e)).ToScalar())
+    m.mul(Scalars.constant (float (e * e)))
 
 /// var(v) / (mean(v)^2 + 1e-10), with the unbiased variance (torch's default).
 let cv2 (v: Tensor) : Tensor =
     use var = v.var()
     use mean = v.mean()
-    use m2 = mean.square().add_((1e-10).ToScalar())
+    use m2 = mean.square().add_(Scalars.constant 1e-10, Scalars.one)
     var / m2
 
 /// tutel / GMoE load + importance loss over all S tokens. `logits` (S, E) clean, `noisyLogits` (S, E) (equal to
@@ -35,13 +35,13 @@ let loadImportance (gateNoise: float) (logits: Tensor) (noisyLogits: Tensor) (la
     use clean = logits.softmax(1L)
     use importance = clean.sum([| 0L |])
     use threshold = noisyLogits.gather(1L, lastChoice) // (S, 1)
-    use diff = clean - threshold
-    use z = diff.div((gateNoise / float e * sqrt 2.0).ToScalar())
-    use cdf = z.erf_().add_((1.0).ToScalar()).mul_((0.5).ToScalar()) // Phi((p - t) / (noise / E))
+    use diff = sub clean threshold
+    use z = diff.div(Scalars.constant (gateNoise / float e * sqrt 2.0))
+    use cdf = z.erf_().add_(Scalars.one, Scalars.one).mul_(Scalars.constant 0.5) // Phi((p - t) / (noise / E))
     use load = cdf.sum([| 0L |])
     use a = cv2 importance
     use b = cv2 load
-    (a + b).div_((2.0).ToScalar())
+    (add a b).div_(Scalars.constant 2.0)
 
 /// Mean cross-entropy of logits (B, K) against labels (B,).
 let crossEntropy (logits: Tensor) (labels: Tensor) : Tensor =

@@ -63,8 +63,8 @@ let forwardWith (c: VitConfig) (ctx: Ctx) (p: Params) (draws: Router.Draws) (wan
                 match draws.Noise with
                 | Some t -> t.reshape(s, e).``to``(logits.dtype, logits.device)
                 | None -> randn ctx [| s; e |] logits
-            use scaled = eps.mul((m.GateNoise / float e).ToScalar())
-            logits + scaled
+            use scaled = eps.mul(Scalars.constant (m.GateNoise / float e))
+            add logits scaled
         else logits.alias ()
     use probs = noisy.softmax(1L) // (S, E)
     use index = Router.choose m.TopK probs // (S, k)
@@ -73,7 +73,8 @@ let forwardWith (c: VitConfig) (ctx: Ctx) (p: Params) (draws: Router.Draws) (wan
     let groups = match m.Scope with PerImage -> b | PerBatch -> 1L
     use decision = Router.decide m ctx draws groups probs index (Option.ofObj g2)
     // Kept (token, choice) pairs, sorted by expert (stable): contiguous slices per expert.
-    use tokens = torch.arange(s, dtype = torch.ScalarType.Int64, device = z.device).unsqueeze(1L).expand(s, int64 m.TopK)
+    use stop = (float s).ToScalar()
+    use tokens = torch.arange(stop, dtype = torch.ScalarType.Int64, device = z.device).unsqueeze(1L).expand(s, int64 m.TopK)
     use pairTok = tokens.masked_select(decision.Kept)
     use pairExp = index.masked_select(decision.Kept)
     use pairGate = gates.masked_select(decision.Kept) // with gradient
@@ -89,7 +90,7 @@ let forwardWith (c: VitConfig) (ctx: Ctx) (p: Params) (draws: Router.Draws) (wan
     use g = gateSorted.unsqueeze(1L)
     use yw = ys * g
     use zeros = torch.zeros_like(x)
-    use out = zeros.index_add(0L, tokSorted, yw, (1.0).ToScalar()) // (S, D)
+    use out = zeros.index_add(0L, tokSorted, yw, Scalars.one) // (S, D)
     use balance =
         match m.AuxLoss with
         | GShardLoss ->
@@ -98,7 +99,7 @@ let forwardWith (c: VitConfig) (ctx: Ctx) (p: Params) (draws: Router.Draws) (wan
         | LoadImportanceLoss ->
             use last = index.narrow(1L, int64 m.TopK - 1L, 1L)
             Losses.loadImportance m.GateNoise logits noisy last
-    let aux = balance.mul(m.AuxLossWeight.ToScalar())
+    let aux = balance.mul(Scalars.constant m.AuxLossWeight)
     let record =
         if not wantRecord then None
         else

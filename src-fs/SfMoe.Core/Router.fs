@@ -36,7 +36,7 @@ type CosineGate(dim: int, numExperts: int, projDim: int, dd: Dd, g: torch.Genera
         this.register_parameter("sim_matrix", sim)
         let t = parameter dd [| 1L |]
         use _ = torch.no_grad ()
-        t.fill_((log 2.0).ToScalar()) |> ignore
+        t.fill_(Scalars.constant (log 2.0)) |> ignore
         this.register_parameter("temperature", t)
 
     /// Registration is explicit (above): keep TorchSharp from also registering the `proj` field by reflection.
@@ -69,7 +69,7 @@ let logits (gate: Gate) (x: Tensor) : Tensor =
         use pn = torch.nn.functional.normalize(p, 2.0, 1L, 1e-12)
         use sn = torch.nn.functional.normalize(g.SimMatrix, 2.0, 0L, 1e-12) // (P, E)
         use cos = torch.matmul(pn, sn) // (S, E)
-        use clamped = g.Temperature.clamp_max((log 100.0).ToScalar())
+        use clamped = g.Temperature.clamp_max(Scalars.constant (log 100.0))
         use scale = clamped.exp ()
         cos * scale
 
@@ -111,13 +111,13 @@ let private exclusiveCounts (order: Tensor option) (mask: Tensor) : Tensor =
     match order with
     | None ->
         use c = mask.cumsum(1L)
-        c - mask
+        sub c mask
     | Some ord ->
         let e = mask.shape[2]
         use idx = ord.unsqueeze(-1L).expand(-1L, -1L, e) // (G, n, E)
         use sorted = mask.gather(1L, idx)
         use c = sorted.cumsum(1L)
-        use ex = c - sorted
+        use ex = sub c sorted
         torch.zeros_like(mask).scatter_(1L, idx, ex)
 
 /// Top-k expert choices from probs (S, E): (S, k) int64; the second choice is the best expert other than the first
@@ -128,7 +128,7 @@ let choose (k: int) (probs: Tensor) : Tensor =
     if k = 1 then i1
     else
         use first = torch.nn.functional.one_hot(i1.squeeze(1L), probs.shape[1]).to_type(torch.ScalarType.Bool)
-        use masked = probs.masked_fill(first, (-1.0).ToScalar())
+        use masked = probs.masked_fill(first, Scalars.constant -1.0)
         use i2 = masked.argmax(1L, true)
         let r = torch.cat([| i1; i2 |], 1L)
         i1.Dispose()
@@ -141,7 +141,7 @@ let gates (probs: Tensor) (index: Tensor) : Tensor =
     if index.shape[1] = 1L then g
     else
         use g = g
-        use denom = g.sum([| 1L |], true).add_((1e-9).ToScalar())
+        use denom = g.sum([| 1L |], true).add_(Scalars.constant 1e-9, Scalars.one)
         g / denom
 
 /// Top-k choices, second-expert policy, capacity and slots for probs (S, E), with no gradient.
@@ -160,13 +160,13 @@ let decide (m: MoeConfig) (ctx: Ctx) (draws: Draws) (groups: int64) (probs: Tens
                 match m.SecondPolicy with
                 | SecondAll -> torch.ones(s, dtype = torch.ScalarType.Bool, device = probs.device)
                 | SecondNone -> torch.zeros(s, dtype = torch.ScalarType.Bool, device = probs.device)
-                | SecondThreshold -> g2.gt(m.SecondThreshold.ToScalar())
+                | SecondThreshold -> g2.gt(Scalars.constant m.SecondThreshold)
                 | SecondRandom ->
                     use u =
                         match draws.Uniform with
                         | Some u -> u.reshape(s).``to``(g2.dtype, g2.device)
                         | None -> rand ctx [| s |] g2
-                    use ratio = g2 / (max m.SecondThreshold 1e-9)
+                    use ratio = g2.div(Scalars.constant (max m.SecondThreshold 1e-9))
                     u.lt(ratio))
         | _ -> None
     let kept =
@@ -192,7 +192,7 @@ let decide (m: MoeConfig) (ctx: Ctx) (draws: Draws) (groups: int64) (probs: Tens
             use pos1all = exclusiveCounts order mask1
             use pos1m = pos1all * mask1
             use slot1 = pos1m.sum([| 2L |]) // (G, n)
-            use kept1 = slot1.lt(cap.ToScalar()) // (G, n)
+            use kept1 = slot1.lt(Scalars.constant (float cap)) // (G, n)
             use kept1s = kept1.view(s, 1L)
             match m2 with
             | None -> kept1s.alias ()
@@ -212,10 +212,10 @@ let decide (m: MoeConfig) (ctx: Ctx) (draws: Draws) (groups: int64) (probs: Tens
                         kept1m.sum([| 1L |], true) // (G, 1, E)
                     | PerBatch -> mask1.sum([| 1L |], true)
                 use pos2all = exclusiveCounts order mask2
-                use pos2 = pos2all + firstCount
+                use pos2 = add pos2all firstCount
                 use pos2m = pos2 * mask2
                 use slot2 = pos2m.sum([| 2L |]) // (G, n)
-                use under = slot2.lt(cap.ToScalar())
+                use under = slot2.lt(Scalars.constant (float cap))
                 use m2n = m2.view(groups, n)
                 use kept2 = under.logical_and(m2n)
                 use kept2s = kept2.view(s, 1L)

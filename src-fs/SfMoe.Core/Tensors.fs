@@ -37,6 +37,25 @@ module Ctx =
     let train = { Training = true; Rng = None }
     let withRng (g: torch.Generator) (c: Ctx) = { c with Rng = Some g }
 
+/// Scalars that are never garbage. TorchSharp frees a Scalar in its finalizer, and the GC may run that finalizer
+/// while a native call still reads it (the JIT ends a temporary's lifetime as soon as its handle is read), so a
+/// temporary such as `x.mul(0.5)` can crash or corrupt a result under GC pressure. Every Scalar the core passes to
+/// TorchSharp comes from here (a bounded set of constants) or lives in a `use` binding across the call.
+module Scalars =
+    let private cache = System.Collections.Concurrent.ConcurrentDictionary<float, Scalar>()
+    /// The process-wide Scalar of a constant value.
+    let constant (v: float) : Scalar = cache.GetOrAdd(v, fun v -> v.ToScalar())
+    let one = constant 1.0
+    /// 1 as an integer (integral tensors refuse a floating-point alpha).
+    let oneInt = (1L).ToScalar()
+
+/// a + b. (TorchSharp's `+` passes a temporary alpha Scalar of 1 to the native add: see Scalars.)
+let add (a: Tensor) (b: Tensor) : Tensor =
+    a.add(b, (if torch.is_floating_point a then Scalars.one else Scalars.oneInt))
+
+/// a - b (no Scalar involved; here for symmetry with `add`).
+let sub (a: Tensor) (b: Tensor) : Tensor = a.sub(b)
+
 /// Uniform [0,1) draws of the given shape, from the context's generator when it has one.
 let rand (ctx: Ctx) (shape: int64[]) (like: Tensor) : Tensor =
     match ctx.Rng with
@@ -54,16 +73,16 @@ let dropout (ctx: Ctx) (p: float) (x: Tensor) : Tensor =
     if not ctx.Training || p <= 0.0 then x.alias ()
     elif ctx.Rng.IsNone then torch.nn.functional.dropout(x, p, true)
     else
-        use keep = (rand ctx x.shape x).ge_(p.ToScalar()) // in place: 1.0 where kept
-        (x * keep).div_((1.0 - p).ToScalar())
+        use keep = (rand ctx x.shape x).ge_(Scalars.constant p) // in place: 1.0 where kept
+        (x * keep).div_(Scalars.constant (1.0 - p))
 
 /// Stochastic depth (timm DropPath, scale_by_keep): drops the whole residual branch per sample.
 let dropPath (ctx: Ctx) (p: float) (x: Tensor) : Tensor =
     if not ctx.Training || p <= 0.0 then x.alias ()
     else
         let shape = Array.init (int x.ndim) (fun i -> if i = 0 then x.shape[0] else 1L)
-        use keep = (rand ctx shape x).ge_(p.ToScalar()) // (B, 1, ..., 1)
-        (x * keep).div_((1.0 - p).ToScalar())
+        use keep = (rand ctx shape x).ge_(Scalars.constant p) // (B, 1, ..., 1)
+        (x * keep).div_(Scalars.constant (1.0 - p))
 
 /// Run `f` in a dispose scope; only its result survives.
 let scoped (f: unit -> Tensor) : Tensor =
@@ -96,13 +115,17 @@ module Init =
     let uniform (lo: float) (hi: float) (g: torch.Generator option) (t: Tensor) =
         use _ = torch.no_grad ()
         use u = draw g false t
-        t.copy_(u.mul_((hi - lo).ToScalar()).add_(lo.ToScalar())) |> ignore
+        use range = (hi - lo).ToScalar()
+        use low = lo.ToScalar()
+        t.copy_(u.mul_(range).add_(low, Scalars.one)) |> ignore
 
     /// N(mean, std^2).
     let normal (mean: float) (std: float) (g: torch.Generator option) (t: Tensor) =
         use _ = torch.no_grad ()
         use n = draw g true t
-        t.copy_(n.mul_(std.ToScalar()).add_(mean.ToScalar())) |> ignore
+        use s = std.ToScalar()
+        use m = mean.ToScalar()
+        t.copy_(n.mul_(s).add_(m, Scalars.one)) |> ignore
 
     /// Truncated normal N(0, std^2) on [-2, 2] (absolute bounds, as timm's trunc_normal_), by inverse CDF.
     let truncNormal (std: float) (g: torch.Generator option) (t: Tensor) =
@@ -113,8 +136,10 @@ module Init =
             (1.0 + e.item<float> ()) / 2.0
         let lo, hi = cdf (-2.0 / std), cdf (2.0 / std)
         use u = draw g false t
-        u.mul_((2.0 * (hi - lo)).ToScalar()).add_((2.0 * lo - 1.0).ToScalar()).erfinv_()
-         .mul_((std * sqrt 2.0).ToScalar()).clamp_((-2.0).ToScalar(), (2.0).ToScalar()) |> ignore
+        use a = (2.0 * (hi - lo)).ToScalar()
+        use b = (2.0 * lo - 1.0).ToScalar()
+        use c = (std * sqrt 2.0).ToScalar()
+        u.mul_(a).add_(b, Scalars.one).erfinv_().mul_(c).clamp_(Scalars.constant -2.0, Scalars.constant 2.0) |> ignore
         t.copy_(u) |> ignore
 
     let zeros (t: Tensor) =

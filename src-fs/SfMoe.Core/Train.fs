@@ -84,11 +84,8 @@ module AlgorithmKind =
     let name (a: AlgorithmKind) = all |> List.find (fun (_, x) -> x = a) |> fst
     let tryParse (s: string) = all |> List.tryFind (fun (n, _) -> String.Equals(n, s, StringComparison.OrdinalIgnoreCase)) |> Option.map snd
 
-type OptimizerKind =
-    /// torch.optim.Adam: weight decay as L2 added to the gradient, on every parameter (as the authors).
-    | AdamL2
-    /// AdamW: decoupled weight decay.
-    | AdamW
+/// torch.optim.Adam (weight decay as L2 added to the gradient, on every parameter, as the authors) or AdamW.
+type OptimizerKind = Optim.Kind
 
 /// Per-expert load and dropped tokens of one sparse block, accumulated over updates.
 type RoutingStats =
@@ -109,11 +106,8 @@ type Metrics =
 
 /// An algorithm: network + optimizer + the generator of its random choices.
 type Learner(net: Network, kind: AlgorithmKind, optimizer: OptimizerKind, lr: float, weightDecay: float, seed: int64, dd: Dd) =
-    let parameters = net.Module.parameters () |> Seq.toArray
-    let opt: OptimizerHelper =
-        match optimizer with
-        | AdamL2 -> torch.optim.Adam(parameters, lr, 0.9, 0.999, 1e-8, weightDecay, false, false) :> OptimizerHelper
-        | AdamW -> torch.optim.AdamW(parameters, lr, 0.9, 0.999, 1e-8, weightDecay, false, false) :> OptimizerHelper
+    let parameters = net.Module.named_parameters () |> Seq.map (fun struct (n, p) -> n, p) |> Seq.toList
+    let opt = new Optim.Adam(parameters, optimizer, lr, weightDecay)
     let rng = generator seed dd
     let stats = Collections.Generic.SortedDictionary<int, RoutingStats>()
 
@@ -135,10 +129,10 @@ type Learner(net: Network, kind: AlgorithmKind, optimizer: OptimizerKind, lr: fl
         let y = torch.cat(List.toArray ys, 0L)
         let o = forward net (Some rng) true x
         let ce = Losses.crossEntropy o.Logits y
-        let loss = if kind = Erm then ce else ce + o.Aux
-        opt.zero_grad ()
+        let loss = if kind = Erm then ce else add ce o.Aux
+        opt.ZeroGrad()
         loss.backward ()
-        opt.step () |> ignore
+        opt.Update()
         for b, r in o.Routing do
             let s =
                 match stats.TryGetValue b with
@@ -157,13 +151,13 @@ type Learner(net: Network, kind: AlgorithmKind, optimizer: OptimizerKind, lr: fl
 
     /// Logits in eval mode, without gradient. The caller disposes them.
     member _.Predict(x: Tensor, ?evalRng: torch.Generator) : Tensor =
+        use scope = torch.NewDisposeScope()
         use _ = torch.no_grad ()
         net.SetTraining false
         let o = forward net evalRng false x
-        o.Aux.Dispose()
-        o.Logits
+        scope.MoveToOuter o.Logits
 
     interface IDisposable with
         member _.Dispose() =
             rng.Dispose()
-            opt.Dispose()
+            (opt :> IDisposable).Dispose()

@@ -122,7 +122,7 @@ let embed (c: VitConfig) (ctx: Ctx) (p: Params) (tok: Tokens) (x: Tensor) : Tens
             torch.cat([| cls; dt; seq |], 1L)
         | None -> torch.cat([| cls; seq |], 1L) // (B, N, D)
     use pos = posEmbedFor c tok.Pos gh gw
-    use summed = all + pos
+    use summed = add all pos
     dropout ctx (if ctx.Training then c.DropRate else 0.0) summed
 
 /// What the blocks produce besides the features.
@@ -145,7 +145,7 @@ let forwardFeatures (c: VitConfig) (ctx: Ctx) (p: Params) (tok: Tokens) (wantAtt
             let aux =
                 match o.Aux with
                 | Some a ->
-                    let s = aux + a
+                    let s = add aux a
                     aux.Dispose()
                     a.Dispose()
                     s
@@ -165,7 +165,7 @@ let forwardHead (p: Params) (features: Tensor) : Tensor =
         use dist = features.select(1L, 1L)
         use a = p.Head.forward cls
         use b = hd.forward dist
-        (a + b).div_((2.0).ToScalar())
+        (add a b).div_(Scalars.constant 2.0)
     | None -> p.Head.forward cls
 
 /// The model as a TorchSharp module (the one object-oriented adapter): owns the parameters under timm's

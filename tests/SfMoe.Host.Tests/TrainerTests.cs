@@ -129,6 +129,26 @@ public class TrainerTests : IDisposable
     }
 
     [Fact]
+    public void TrainingSurvivesTheGarbageCollectorRunningFinalizersConcurrently()
+    {
+        // TorchSharp frees temporaries in finalizers; a finalizer running during a native call that still uses the
+        // object crashes or corrupts (see SfMoe.Core.Tensors.Scalars). Hammer the GC during a whole run.
+        using var stop = new ManualResetEventSlim(false);
+        var hammer = new Thread(() => { while (!stop.IsSet) { GC.Collect(); GC.WaitForPendingFinalizers(); } }) { IsBackground = true };
+        hammer.Start();
+        try
+        {
+            var o = Options("gc", steps: 40);
+            o.Algorithm = "GMoE";
+            o.Model = "gmoe_test_patch8_32";
+            Assert.True(Trainer.Run(o).Done);
+            var o2 = Options("gc2", steps: 40);
+            Assert.True(Trainer.Run(o2).Done);
+        }
+        finally { stop.Set(); hammer.Join(); }
+    }
+
+    [Fact]
     public void BadOptionsAreClearErrors()
     {
         var o = Options("bad");

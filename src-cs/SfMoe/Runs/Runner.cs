@@ -70,8 +70,8 @@ public static class Trainer
                                   Convert.ToDouble(hparams["resnet_dropout"]));
         var optKind = o.Optimizer.ToLowerInvariant() switch
         {
-            "adam" => Train.OptimizerKind.AdamL2,
-            "adamw" => Train.OptimizerKind.AdamW,
+            "adam" => Optim.Kind.AdamL2,
+            "adamw" => Optim.Kind.AdamW,
             _ => throw new SfMoeException($"unknown optimizer {o.Optimizer}: expected adam or adamw"),
         };
         var dd = Tensors.DdModule.parse(o.Device).ResultValue;
@@ -84,7 +84,7 @@ public static class Trainer
         for (int i = 0; i < dataset.Environments.Count; i++)
         {
             var env = dataset.Environments[i];
-            var (outIdx, inIdx) = EnvSplits.Split(i, env.Count, o.TrialSeed, o.HoldoutFraction);
+            var (outIdx, inIdx) = Splits.EnvSplit(i, env.Count, o.TrialSeed, o.HoldoutFraction);
             inSplits.Add((env, inIdx, outIdx));
         }
         var trainEnvs = inSplits.Select((s, i) => (s, i)).Where(t => !o.TestEnvs.Contains(t.i)).Select(t => (t.s.Env, t.s.In)).ToList();
@@ -318,16 +318,14 @@ internal static class TrainState
         using var scope = torch.NewDisposeScope();
         var tensors = new List<Tuple<string, Tensor>>();
         foreach (var (k, v) in learner.Network.Module.state_dict()) tensors.Add(Tuple.Create("model." + k, v));
-        using (var ms = new MemoryStream())
-        {
-            using (var w = new BinaryWriter(ms, Encoding.UTF8, leaveOpen: true)) learner.Optimizer.save_state_dict(w);
-            tensors.Add(Tuple.Create("optimizer", torch.tensor(ms.ToArray())));
-        }
+        var (optState, optStep) = learner.Optimizer.State.ToValueTuple();
+        foreach (var t in optState) tensors.Add(Tuple.Create("optimizer." + t.Item1, t.Item2));
         tensors.Add(Tuple.Create("rng", learner.Generator.get_state()));
         var meta = new Dictionary<string, string>
         {
             ["format"] = "sfmoe-train-state-1",
             ["next_step"] = nextStep.ToString(),
+            ["optimizer_step"] = optStep.ToString(),
             ["results"] = JsonSerializer.Serialize(lines),
             ["args"] = args.ToJsonString(),
         };
@@ -346,10 +344,9 @@ internal static class TrainState
         var model = c.Tensors.Where(t => t.Item1.StartsWith("model.")).Select(t => Tuple.Create(t.Item1["model.".Length..], t.Item2));
         try { Weights.load(true, learner.Network.Module, ListModule.OfSeq(model)); }
         catch (Weights.WeightsException e) { throw new SfMoeException($"cannot resume from {path}: the model differs ({e.Data0})", e); }
-        var optBytes = c.Find("optimizer");
-        if (optBytes is null) throw new SfMoeException($"cannot resume: {path} lacks the optimizer state");
-        using (var ms = new MemoryStream(optBytes.Value.bytes.ToArray()))
-        using (var r = new BinaryReader(ms)) learner.Optimizer.load_state_dict(r);
+        var opt = c.Tensors.Where(t => t.Item1.StartsWith("optimizer.")).Select(t => Tuple.Create(t.Item1["optimizer.".Length..], t.Item2));
+        try { learner.Optimizer.LoadState(ListModule.OfSeq(opt), long.Parse(meta["optimizer_step"])); }
+        catch (ArgumentException e) { throw new SfMoeException($"cannot resume from {path}: {e.Message.Split(" (Parameter")[0]}", e); }
         var rng = c.Find("rng") ?? throw new SfMoeException($"cannot resume: {path} lacks the generator state");
         learner.Generator.set_state(rng.Value);
         var lines = JsonSerializer.Deserialize<List<string>>(meta["results"]) ?? new List<string>();
