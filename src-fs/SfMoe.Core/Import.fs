@@ -634,7 +634,9 @@ let loadInto (net: Train.Network) (src: Source) (experts: Upcycle.ExpertInit opt
                 if g * g <> n || n <= 0L then mismatched.Add((k, s.shape, t.shape)) // not a square grid (distilled vs not?)
                 else
                     let gt = int64 (VitConfig.grid c)
-                    let r = Vit.resamplePosEmbed prefix g g s gt gt
+                    // Resampled in the model's dtype (bicubic interpolation of half precision is not available on the CPU).
+                    use s32 = s.to_type(t.dtype)
+                    let r = Vit.resamplePosEmbed prefix g g s32 gt gt
                     fresh.Add r
                     if r.shape <> t.shape then mismatched.Add((k, s.shape, t.shape))
                     else
