@@ -110,7 +110,7 @@ public sealed class SfMoeModel : IDisposable
 
     internal static Config.VitConfig With(Config.VitConfig c, Core.Pattern.Pattern? pattern = null, int? numClasses = null, int? imgSize = null) =>
         new(imgSize ?? c.ImgSize, c.PatchSize, c.InChans, c.EmbedDim, c.Depth, c.NumHeads, c.MlpRatio, numClasses ?? c.NumClasses,
-            c.Distilled, c.QkvBias, c.DropRate, c.AttnDropRate, c.DropPathRate, c.NormEps, pattern ?? c.Pattern, c.Moe);
+            c.Distilled, c.QkvBias, c.DropRate, c.AttnDropRate, c.DropPathRate, c.NormEps, pattern ?? c.Pattern, c.Moe, c.Hybrid);
 
     internal static SfMoeModel Create(Config.VitConfig config, string device, long? seed)
     {

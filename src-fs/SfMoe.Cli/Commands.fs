@@ -211,6 +211,8 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Collect of ParseResults<CollectArgs>
     | [<CliPrefix(CliPrefix.None)>] Forward of ParseResults<ForwardArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
+    | [<CliPrefix(CliPrefix.None)>] Import of ParseResults<InteropCommands.ImportArgs>
+    | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<InteropCommands.ExportArgs>
     | [<AltCommandLine("-V")>] Version
     interface IArgParserTemplate with
         member a.Usage =
@@ -222,6 +224,8 @@ type Command =
             | Collect _ -> "model selection and result tables over runs, exactly as DomainBed (mean +/- standard error over trials)"
             | Forward _ -> "run a model with given weights on an input tensor, write logits, aux loss and routing"
             | Bench _ -> "benchmarks (ratios measured side by side in one run)"
+            | Import _ -> "pretrained weights (DeiT, timm, augreg .npz, SF-MoE-DG / GMoE model.pkl, torchvision) into an SfMoe model file, with a full key report"
+            | Export _ -> "an SfMoe model file's weights for PyTorch (timm names; .safetensors or torch.save .pth)"
             | Version -> "print the version"
 
 /// JSON shape of `sfmoe pattern --json` (field order as documented).

@@ -33,6 +33,8 @@ let main argv =
             | Some(Train a) -> train a
             | Some(Collect a) -> collect a
             | Some(Forward a) -> forward a
+            | Some(Import a) -> InteropCommands.import a
+            | Some(Export a) -> InteropCommands.export a
             | Some(Bench b) ->
                 match b.TryGetSubCommand() with
                 | Some(BenchArgs.Moe a) -> benchMoe a

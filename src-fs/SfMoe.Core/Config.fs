@@ -133,6 +133,66 @@ module MoeConfig =
             | [] -> Ok m
             | e :: _ -> Error e
 
+/// The ResNetV2 stem of a hybrid ViT (timm ResNetV2 with preact=False, stem_type 'same', StdConv2dSame with
+/// eps 1e-8, GroupNorm + ReLU): a 7x7/2 stem conv, GroupNorm, ReLU and a 3x3/2 max pool (TF "SAME" padding), then
+/// stages of non-pre-activation bottlenecks (stride 1 in the first stage, 2 in the others). Its feature map
+/// feeds a convolutional patch embedding (timm HybridEmbed, usually 1x1).
+type HybridConfig =
+    { /// Bottleneck blocks per stage: R26 (2, 2, 2, 2), R50 (3, 4, 9).
+      Layers: int list
+      /// Output channels per stage (bottleneck width: out / 4 rounded as timm's make_div).
+      Channels: int list
+      /// Output channels of the stem convolution.
+      StemChannels: int
+      /// GroupNorm groups (32 in timm).
+      NumGroups: int }
+
+module HybridConfig =
+    /// R26 (vit_small_r26_s32_224): 4 stages, output stride 32, 2048 features.
+    let r26 = { Layers = [ 2; 2; 2; 2 ]; Channels = [ 256; 512; 1024; 2048 ]; StemChannels = 64; NumGroups = 32 }
+    /// R50 as in the ViT paper's hybrid (vit_base_r50_s16_224): 3 stages, output stride 16, 1024 features.
+    let r50 = { Layers = [ 3; 4; 9 ]; Channels = [ 256; 512; 1024 ]; StemChannels = 64; NumGroups = 32 }
+    let presets = [ "r26", r26; "r50", r50 ]
+
+    /// timm's make_div(v, 8): the nearest multiple of 8 (at least 8), never below 90 % of v.
+    let makeDiv (v: float) =
+        let n = max 8 (int (v + 4.0) / 8 * 8)
+        if float n < 0.9 * v then n + 8 else n
+
+    /// Bottleneck width of a stage with `outChannels` outputs.
+    let mid (outChannels: int) = makeDiv (float outChannels * 0.25)
+    let featureDim (h: HybridConfig) = List.last h.Channels
+    /// Stride of the output feature map (4 after the stem, x2 per stage after the first).
+    let stride (h: HybridConfig) = 4 * pown 2 (List.length h.Layers - 1)
+
+    /// Feature-map size for an input size: each stride-2 step with SAME padding gives ceil(x / 2).
+    let featureSize (h: HybridConfig) (x: int) =
+        let half v = (v + 1) / 2
+        let mutable s = half (half x)
+        for _ in 2 .. List.length h.Layers do
+            s <- half s
+        s
+
+    let validate (h: HybridConfig) : string option =
+        let groups name (c: int) =
+            if h.NumGroups >= 1 && c % h.NumGroups <> 0 then
+                Some(sprintf "hybrid_backbone: %s (%d) must be divisible by num_groups (%d)" name c h.NumGroups)
+            else None
+        [ (if h.Layers.IsEmpty then Some "hybrid_backbone.layers must not be empty" else None)
+          (if h.Layers.Length <> h.Channels.Length then
+               Some(sprintf "hybrid_backbone: layers has %d stages but channels has %d" h.Layers.Length h.Channels.Length)
+           else None)
+          (if h.Layers |> List.exists (fun n -> n < 1) then Some "hybrid_backbone.layers must all be >= 1" else None)
+          (if h.Channels |> List.exists (fun n -> n < 1) then Some "hybrid_backbone.channels must all be >= 1" else None)
+          (if h.StemChannels < 1 then Some(sprintf "hybrid_backbone.stem_channels must be >= 1, got %d" h.StemChannels) else None)
+          (if h.NumGroups < 1 then Some(sprintf "hybrid_backbone.num_groups must be >= 1, got %d" h.NumGroups) else None)
+          groups "stem_channels" h.StemChannels ]
+        @ [ for c in h.Channels do
+                yield groups "channels" c
+                yield groups (sprintf "the bottleneck width of %d channels" c) (mid c) ]
+        |> List.choose id
+        |> List.tryHead
+
 /// A Vision Transformer with a block pattern (timm VisionTransformer arguments and defaults).
 type VitConfig =
     { ImgSize: int
@@ -153,13 +213,24 @@ type VitConfig =
       NormEps: float
       Pattern: Pattern
       /// Used by the sparse blocks of the pattern.
-      Moe: MoeConfig }
+      Moe: MoeConfig
+      /// A ResNetV2 stem before the patch embedding (hybrid ViT, timm HybridEmbed); None: patches of the image.
+      Hybrid: HybridConfig option }
 
 module VitConfig =
     /// Hidden size of the dense FFN (timm: int(dim * mlp_ratio)).
     let hidden (c: VitConfig) = int (float c.EmbedDim * c.MlpRatio)
     let prefixTokens (c: VitConfig) = if c.Distilled then 2 else 1
-    let grid (c: VitConfig) = c.ImgSize / c.PatchSize
+    /// Patch grid side at the configured image size (of the stem's feature map for a hybrid).
+    let grid (c: VitConfig) =
+        match c.Hybrid with
+        | None -> c.ImgSize / c.PatchSize
+        | Some h -> HybridConfig.featureSize h c.ImgSize / c.PatchSize
+    /// Input channels of the patch embedding (the stem's features for a hybrid).
+    let patchInChans (c: VitConfig) =
+        match c.Hybrid with
+        | None -> c.InChans
+        | Some h -> HybridConfig.featureDim h
     let numPatches (c: VitConfig) = grid c * grid c
     let numTokens (c: VitConfig) = numPatches c + prefixTokens c
     let headDim (c: VitConfig) = c.EmbedDim / c.NumHeads
@@ -188,7 +259,8 @@ module VitConfig =
           DropPathRate = 0.0
           NormEps = 1e-6
           Pattern = dense depth
-          Moe = MoeConfig.sfmoe }
+          Moe = MoeConfig.sfmoe
+          Hybrid = None }
 
     let validate (c: VitConfig) : Result<VitConfig, string> =
         let rate name (v: float) =
@@ -201,9 +273,18 @@ module VitConfig =
           pos "depth" c.Depth
           pos "num_heads" c.NumHeads
           pos "num_classes" c.NumClasses
-          (if c.PatchSize >= 1 && c.ImgSize % c.PatchSize <> 0 then
+          (match c.Hybrid with
+           | None when c.PatchSize >= 1 && c.ImgSize % c.PatchSize <> 0 ->
                Some(sprintf "img_size (%d) must be a multiple of patch_size (%d)" c.ImgSize c.PatchSize)
-           else None)
+           | Some h ->
+               match HybridConfig.validate h with
+               | Some e -> Some e
+               | None ->
+                   let f = HybridConfig.featureSize h (max c.ImgSize 1)
+                   if c.PatchSize >= 1 && f % c.PatchSize <> 0 then
+                       Some(sprintf "the hybrid stem's %dx%d feature map at img_size %d is not a multiple of patch_size (%d)" f f c.ImgSize c.PatchSize)
+                   else None
+           | None -> None)
           (if c.NumHeads >= 1 && c.EmbedDim % c.NumHeads <> 0 then
                Some(sprintf "embed_dim (%d) must be divisible by num_heads (%d)" c.EmbedDim c.NumHeads)
            else None)

@@ -75,6 +75,19 @@ type private Obj(path: string, el: JsonElement) =
             | JsonValueKind.String when v.GetString() = "dropless" -> Dropless
             | JsonValueKind.String -> fail "%s must be a number > 0 or \"dropless\", got \"%s\"" (this.Key k) (v.GetString())
             | kd -> fail "%s must be a number > 0 or \"dropless\", got %s" (this.Key k) (kindName kd))
+    member this.IntList(k: string) =
+        this.TryGet k
+        |> Option.map (fun v ->
+            if v.ValueKind <> JsonValueKind.Array then fail "%s must be an array of integers, got %s" (this.Key k) (kindName v.ValueKind)
+            [ for x in v.EnumerateArray() do
+                  match x.ValueKind, x.TryGetInt32() with
+                  | JsonValueKind.Number, (true, i) -> yield i
+                  | _ -> fail "%s must be an array of integers, got %s" (this.Key k) (v.GetRawText()) ])
+    /// Present and explicitly null (as opposed to absent).
+    member _.IsNull(k: string) =
+        match el.TryGetProperty k with
+        | true, v -> v.ValueKind = JsonValueKind.Null
+        | _ -> false
     member this.Obj(k: string) =
         this.TryGet k
         |> Option.map (fun v ->
@@ -106,6 +119,26 @@ let private moeOf (o: Obj) (b: MoeConfig) : MoeConfig =
       ExpertBias = d (o.Bool "expert_bias") b.ExpertBias
       ExpertDropout = d (o.Float "expert_dropout") b.ExpertDropout
       CosineProjDim = d (o.Int "cosine_proj_dim") b.CosineProjDim }
+
+let private hybridOf (o: Obj) (b: HybridConfig option) : HybridConfig option =
+    let k = "hybrid_backbone"
+    if o.IsNull k then None
+    else
+        match o.TryGet k with
+        | None -> b
+        | Some v when v.ValueKind = JsonValueKind.String ->
+            match HybridConfig.presets |> List.tryFind (fun (n, _) -> n = v.GetString()) with
+            | Some(_, h) -> Some h
+            | None -> fail "%s must be \"r26\", \"r50\", null or an object, got \"%s\"" (o.Key k) (v.GetString())
+        | Some v when v.ValueKind = JsonValueKind.Object ->
+            let h = Obj(o.Key k, v)
+            let start = defaultArg b HybridConfig.r26
+            Some
+                { Layers = defaultArg (h.IntList "layers") start.Layers
+                  Channels = defaultArg (h.IntList "channels") start.Channels
+                  StemChannels = defaultArg (h.Int "stem_channels") start.StemChannels
+                  NumGroups = defaultArg (h.Int "num_groups") start.NumGroups }
+        | Some v -> fail "%s must be \"r26\", \"r50\", null or an object, got %s" (o.Key k) (kindName v.ValueKind)
 
 /// Parse and validate a config from a JSON element; `resolveModel` looks up the optional "model" key.
 let ofElement (resolveModel: string -> Result<VitConfig, string>) (el: JsonElement) : VitConfig =
@@ -161,7 +194,8 @@ let ofElement (resolveModel: string -> Result<VitConfig, string>) (el: JsonEleme
           DropPathRate = d (o.Float "drop_path_rate") b.DropPathRate
           NormEps = d (o.Float "norm_eps") b.NormEps
           Pattern = pattern
-          Moe = moeBase }
+          Moe = moeBase
+          Hybrid = hybridOf o b.Hybrid }
     match VitConfig.validate cfg with
     | Ok c -> c
     | Error e -> fail "%s" e
@@ -196,6 +230,22 @@ let writeMembers (w: Utf8JsonWriter) (c: VitConfig) =
     w.WriteNumber("drop_path_rate", c.DropPathRate)
     w.WriteNumber("norm_eps", c.NormEps)
     w.WriteString("pattern", print c.Pattern)
+    match c.Hybrid with
+    | None -> ()
+    | Some h ->
+        match HybridConfig.presets |> List.tryFind (fun (_, p) -> p = h) with
+        | Some(name, _) -> w.WriteString("hybrid_backbone", name)
+        | None ->
+            w.WriteStartObject "hybrid_backbone"
+            w.WriteStartArray "layers"
+            for n in h.Layers do w.WriteNumberValue n
+            w.WriteEndArray()
+            w.WriteStartArray "channels"
+            for n in h.Channels do w.WriteNumberValue n
+            w.WriteEndArray()
+            w.WriteNumber("stem_channels", h.StemChannels)
+            w.WriteNumber("num_groups", h.NumGroups)
+            w.WriteEndObject()
     let m = c.Moe
     w.WriteStartObject "moe"
     w.WriteNumber("num_experts", m.NumExperts)

@@ -25,11 +25,15 @@ type ModelDef =
       Moe: MoeConfig
       DropPathRate: float
       NumClasses: int
-      Description: string }
+      Description: string
+      /// The ResNetV2 stem of a hybrid (patch_size is then the patch size on its feature map, 1 in timm).
+      Hybrid: HybridConfig option }
 
 let private row name size patch img distilled pattern moe dpr classes desc =
     { Name = name; Size = size; PatchSize = patch; ImgSize = img; Distilled = distilled; Pattern = pattern
-      Moe = moe; DropPathRate = dpr; NumClasses = classes; Description = desc }
+      Moe = moe; DropPathRate = dpr; NumClasses = classes; Description = desc; Hybrid = None }
+
+let private hybrid h (d: ModelDef) = { d with Hybrid = Some h }
 
 let private sf = MoeConfig.sfmoe
 let private gm = MoeConfig.gmoe
@@ -51,7 +55,13 @@ let all : ModelDef list =
       row "vit_test_patch8_32" "test" 8 32 false "Fx4" sf 0.0 10 "tiny dense ViT for tests and examples (32x32)"
       row "sfmoe_test_patch8_32" "test" 8 32 true "[F,S]x2" sf 0.0 10 "tiny SF-MoE for tests and examples (32x32, E=4, top-2)"
       row "gmoe_test_patch8_32" "test" 8 32 false "[F,S]x2" { gm with CosineProjDim = 32 } 0.1 10 "tiny GMoE for tests (32x32, cosine top-1)"
-      row "deit_test_distilled_patch8_32" "test" 8 32 true "Fx4" sf 0.0 10 "tiny distilled ViT for tests (32x32)" ]
+      row "deit_test_distilled_patch8_32" "test" 8 32 true "Fx4" sf 0.0 10 "tiny distilled ViT for tests (32x32)"
+      row "vit_small_r26_s32_224" "small" 1 224 false "vit" sf 0.0 1000 "R26+ViT-S/32 hybrid (timm; augreg weights want mean = std = 0.5): Hybrid ViT, the dense twin of hybrid_sfmoe"
+      |> hybrid HybridConfig.r26
+      row "vit_base_r50_s16_224" "base" 1 224 false "vit" sf 0.0 1000 "R50+ViT-B/16 hybrid (timm, the ViT paper's hybrid)"
+      |> hybrid HybridConfig.r50
+      row "hybrid_sfmoe_small_r26_s32_224" "small" 1 224 false "sfmoe-dg" { sf with NumExperts = 6 } 0.0 1000 "Hybrid SF-MoE as released: R26+ViT-S/32, MoE at blocks 5, 11 (E=6, top-2)"
+      |> hybrid HybridConfig.r26 ]
 
 /// The config of a registry row.
 let toConfig (d: ModelDef) : Result<VitConfig, string> =
@@ -69,7 +79,8 @@ let toConfig (d: ModelDef) : Result<VitConfig, string> =
                 Pattern = p
                 Moe = d.Moe
                 DropPathRate = d.DropPathRate
-                NumClasses = d.NumClasses })
+                NumClasses = d.NumClasses
+                Hybrid = d.Hybrid })
 
 /// Edit distance, for "did you mean" suggestions.
 let private distance (a: string) (b: string) =

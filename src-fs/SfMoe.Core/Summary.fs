@@ -35,10 +35,26 @@ let sparseBlockParams (c: VitConfig) : int64 =
     let experts = e * (d * h + h * d) + (if m.ExpertBias then e * (h + d) else 0L)
     attn + router + experts
 
+/// Parameters of the patch embedding in closed form (with the ResNetV2 stem of a hybrid).
+let patchEmbedParams (c: VitConfig) : int64 =
+    let d = int64 c.EmbedDim
+    let proj = int64 (VitConfig.patchInChans c) * int64 (c.PatchSize * c.PatchSize) * d + d
+    match c.Hybrid with
+    | Some h -> proj + ResNetV2.paramCount h c.InChans
+    | None -> proj
+
+/// Multiply-accumulates of the patch embedding (and the hybrid's stem) per image.
+let patchEmbedMacs (c: VitConfig) : int64 =
+    let np = int64 (VitConfig.numPatches c)
+    let proj = np * int64 (VitConfig.patchInChans c) * int64 (c.PatchSize * c.PatchSize) * int64 c.EmbedDim
+    match c.Hybrid with
+    | Some h -> proj + ResNetV2.macs h c.InChans c.ImgSize
+    | None -> proj
+
 /// Total parameters in closed form.
 let totalParams (c: VitConfig) : int64 =
     let d, k = int64 c.EmbedDim, int64 c.NumClasses
-    let patch = int64 c.InChans * int64 (c.PatchSize * c.PatchSize) * d + d
+    let patch = patchEmbedParams c
     let tokens = int64 (VitConfig.prefixTokens c) * d + int64 (VitConfig.numTokens c) * d
     let heads = int64 (if c.Distilled then 2 else 1) * (d * k + k)
     let blocks = VitConfig.kinds c |> Array.sumBy (function Fusion -> fusionBlockParams c | Sparse -> sparseBlockParams c)
@@ -50,7 +66,8 @@ let parts (m: SfMoe.Core.Vit.SfMoeVit) : Part list =
     let p = m.Params
     let d = int64 c.EmbedDim
     let tokenParams = int64 (VitConfig.prefixTokens c) * d + int64 (VitConfig.numTokens c) * d
-    [ yield { Name = "embed"; Kind = "patch+tokens"; Params = countParams p.PatchEmbed + tokenParams }
+    let stem = p.Backbone |> Option.map (fun b -> countParams (node (ResNetV2.tree b))) |> Option.defaultValue 0L
+    [ yield { Name = "embed"; Kind = (if c.Hybrid.IsSome then "stem+patch+tokens" else "patch+tokens"); Params = countParams p.PatchEmbed + stem + tokenParams }
       for i, b in Array.indexed p.Blocks do
           let n = node (SfMoe.Core.Block.tree b)
           yield { Name = sprintf "blocks.%d" i; Kind = BlockKind.letter b.Kind; Params = countParams n }
@@ -92,11 +109,9 @@ let activeBlockParams (c: VitConfig) (kind: BlockKind) : int64 =
 let table (c: VitConfig) : (string * string * int64 * int64 * int64) list =
     let n = int64 (VitConfig.numTokens c)
     let d, k = int64 c.EmbedDim, int64 c.NumClasses
-    let np = int64 (VitConfig.numPatches c)
-    let patchParams = int64 c.InChans * int64 (c.PatchSize * c.PatchSize) * d + d
-    let embed = patchParams + int64 (VitConfig.prefixTokens c) * d + n * d
+    let embed = patchEmbedParams c + int64 (VitConfig.prefixTokens c) * d + n * d
     let heads = int64 (if c.Distilled then 2 else 1)
-    [ yield "embed", "patch+tokens", embed, embed, np * (patchParams - d)
+    [ yield "embed", (if c.Hybrid.IsSome then "stem+patch+tokens" else "patch+tokens"), embed, embed, patchEmbedMacs c
       for i, kind in Array.indexed (VitConfig.kinds c) do
           let p = match kind with Fusion -> fusionBlockParams c | Sparse -> sparseBlockParams c
           yield sprintf "blocks.%d" i, BlockKind.letter kind, p, activeBlockParams c kind, blockMacs c n kind

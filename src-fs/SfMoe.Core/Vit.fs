@@ -15,6 +15,8 @@ open SfMoe.Core.Layers
 /// Parameters held in modules (the prefix tokens and position embedding live on the root module).
 type Params =
     { PatchEmbed: Conv2d
+      /// The ResNetV2 stem of a hybrid (timm HybridEmbed: patch_embed.backbone), before PatchEmbed.
+      Backbone: ResNetV2.Params option
       Blocks: Block.Params[]
       Norm: LayerNorm
       Head: Linear
@@ -52,7 +54,8 @@ let init (c: VitConfig) (dd: Dd) (g: torch.Generator option) : Params * (string 
         let p = parameter dd shape
         Init.truncNormal 0.02 g p
         p
-    let patch = patchConv dd g c.InChans c.EmbedDim c.PatchSize
+    let backbone = c.Hybrid |> Option.map (fun h -> ResNetV2.init h c.InChans dd g)
+    let patch = patchConv dd g (VitConfig.patchInChans c) c.EmbedDim c.PatchSize
     let cls = tok [| 1L; 1L; d |]
     let dist = if c.Distilled then Some(tok [| 1L; 1L; d |]) else None
     let pos = tok [| 1L; int64 (VitConfig.numTokens c); d |]
@@ -67,11 +70,17 @@ let init (c: VitConfig) (dd: Dd) (g: torch.Generator option) : Params * (string 
           | Some t -> yield "dist_token", t
           | None -> ()
           yield "pos_embed", pos ]
-    { PatchEmbed = patch; Blocks = blocks; Norm = norm; Head = head; HeadDist = headDist }, tokens
+    { PatchEmbed = patch; Backbone = backbone; Blocks = blocks; Norm = norm; Head = head; HeadDist = headDist }, tokens
 
-/// State-dict names of the module children (timm): patch_embed.proj, blocks.{i}, norm, head, head_dist.
+/// State-dict names of the module children (timm): patch_embed.proj (after patch_embed.backbone.* for a hybrid),
+/// blocks.{i}, norm, head, head_dist.
 let tree (p: Params) : (string * Module) list =
-    [ yield "patch_embed", node [ "proj", p.PatchEmbed :> Module ] :> Module
+    let embed =
+        [ match p.Backbone with
+          | Some b -> yield "backbone", node (ResNetV2.tree b) :> Module
+          | None -> ()
+          yield "proj", p.PatchEmbed :> Module ]
+    [ yield "patch_embed", node embed :> Module
       yield "blocks", node (p.Blocks |> Array.mapi (fun i b -> string i, node (Block.tree b) :> Module) |> List.ofArray) :> Module
       yield "norm", p.Norm :> Module
       yield "head", p.Head :> Module
@@ -79,23 +88,28 @@ let tree (p: Params) : (string * Module) list =
       | Some h -> yield "head_dist", h :> Module
       | None -> () ]
 
-/// Position embedding for a (gh, gw) patch grid: the configured grid's part is resampled bicubically
-/// (align_corners = false, as timm) when the grid differs; prefix-token rows are kept.
-let posEmbedFor (c: VitConfig) (pos: Tensor) (gh: int64) (gw: int64) : Tensor =
-    let g0 = int64 (VitConfig.grid c)
-    if gh = g0 && gw = g0 then pos.alias ()
+/// Resample a position embedding (1, T + g0h*g0w, D) with T prefix-token rows to a (gh, gw) grid: the grid part
+/// bicubically (align_corners = false, as timm's resize_pos_embed), the prefix rows as they are.
+let resamplePosEmbed (prefixTokens: int64) (g0h: int64) (g0w: int64) (pos: Tensor) (gh: int64) (gw: int64) : Tensor =
+    if gh = g0h && gw = g0w then pos.alias ()
     else
-        let t = int64 (VitConfig.prefixTokens c)
+        let t = prefixTokens
         let d = pos.shape[2]
         use prefix = pos.narrow(1L, 0L, t) // (1, T, D)
-        use gridPart = pos.narrow(1L, t, g0 * g0)
-        use grid4 = gridPart.reshape(1L, g0, g0, d)
-        use grid = grid4.permute(0L, 3L, 1L, 2L) // (1, D, g0, g0)
+        use gridPart = pos.narrow(1L, t, g0h * g0w)
+        use grid4 = gridPart.reshape(1L, g0h, g0w, d)
+        use grid = grid4.permute(0L, 3L, 1L, 2L) // (1, D, g0h, g0w)
         use resized =
             torch.nn.functional.interpolate(grid, [| gh; gw |], mode = torch.InterpolationMode.Bicubic, align_corners = false)
         use back = resized.permute(0L, 2L, 3L, 1L)
         use flat = back.reshape(1L, gh * gw, d) // (1, gh*gw, D)
         torch.cat([| prefix; flat |], 1L)
+
+/// Position embedding for a (gh, gw) patch grid: the configured grid's part is resampled bicubically
+/// (align_corners = false, as timm) when the grid differs; prefix-token rows are kept.
+let posEmbedFor (c: VitConfig) (pos: Tensor) (gh: int64) (gw: int64) : Tensor =
+    let g0 = int64 (VitConfig.grid c)
+    resamplePosEmbed (int64 (VitConfig.prefixTokens c)) g0 g0 pos gh gw
 
 /// Check an input batch against the config; the message names the dimension at fault.
 let checkInput (c: VitConfig) (x: Tensor) =
@@ -103,14 +117,25 @@ let checkInput (c: VitConfig) (x: Tensor) =
         invalidArg "x" (sprintf "expected images of shape (B, %d, H, W), got %s" c.InChans (shapeString x))
     if x.shape[1] <> int64 c.InChans then
         invalidArg "x" (sprintf "expected %d channels (in_chans), got %d in input of shape %s" c.InChans x.shape[1] (shapeString x))
-    if x.shape[2] % int64 c.PatchSize <> 0L || x.shape[3] % int64 c.PatchSize <> 0L || x.shape[2] = 0L || x.shape[3] = 0L then
-        invalidArg "x" (sprintf "image height and width must be positive multiples of patch_size %d, got %dx%d" c.PatchSize x.shape[2] x.shape[3])
+    match c.Hybrid with
+    | Some h ->
+        let fh, fw = HybridConfig.featureSize h (int x.shape[2]), HybridConfig.featureSize h (int x.shape[3])
+        if x.shape[2] = 0L || x.shape[3] = 0L || fh % c.PatchSize <> 0 || fw % c.PatchSize <> 0 then
+            invalidArg "x" (sprintf "the hybrid stem turns %dx%d images into a %dx%d feature map, not a positive multiple of patch_size %d" x.shape[2] x.shape[3] fh fw c.PatchSize)
+    | None ->
+        if x.shape[2] % int64 c.PatchSize <> 0L || x.shape[3] % int64 c.PatchSize <> 0L || x.shape[2] = 0L || x.shape[3] = 0L then
+            invalidArg "x" (sprintf "image height and width must be positive multiples of patch_size %d, got %dx%d" c.PatchSize x.shape[2] x.shape[3])
 
 /// Embed patches and prepend the prefix tokens: (B, C, H, W) -> (B, N, D).
 let embed (c: VitConfig) (ctx: Ctx) (p: Params) (tok: Tokens) (x: Tensor) : Tensor =
     checkInput c x
     let b = x.shape[0]
-    use patches = p.PatchEmbed.forward x // (B, D, gh, gw)
+    use patches =
+        match p.Backbone with
+        | Some bb ->
+            use f = ResNetV2.forward bb x // (B, F, H/stride, W/stride)
+            p.PatchEmbed.forward f
+        | None -> p.PatchEmbed.forward x // (B, D, gh, gw)
     let gh, gw = patches.shape[2], patches.shape[3]
     use flat = patches.flatten(2L) // (B, D, gh*gw)
     use seq = flat.transpose(1L, 2L) // (B, gh*gw, D)

@@ -35,7 +35,7 @@ public static class ModelFile
     /// <summary>Format marker stored in the header.</summary>
     public const string Format = "sfmoe-model-1";
 
-    internal static FSharpMap<string, string> Metadata(ModelHeader h)
+    internal static FSharpMap<string, string> Metadata(ModelHeader h, IReadOnlyDictionary<string, string>? extra = null)
     {
         var m = new Dictionary<string, string>
         {
@@ -53,14 +53,17 @@ public static class ModelFile
         };
         if (h.ModelConfigJson is not null) m["model_config"] = h.ModelConfigJson;
         if (h.Dataset is not null) m["dataset"] = h.Dataset;
+        if (extra is not null) foreach (var (k, v) in extra) m.TryAdd(k, v);
         return MapModule.OfSeq(m.Select(kv => Tuple.Create(kv.Key, kv.Value)));
     }
 
-    /// <summary>Writes the network's weights and header atomically.</summary>
-    public static void Save(string path, Train.Network net, ModelHeader header)
+    /// <summary>Writes the network's weights and header atomically; <paramref name="extra"/> adds header keys (never
+    /// replacing the standard ones), e.g. where imported weights came from.</summary>
+    public static void Save(string path, Train.Network net, ModelHeader header, IReadOnlyDictionary<string, string>? extra = null)
     {
         var tensors = net.Module.state_dict().Select(kv => Tuple.Create(kv.Key, kv.Value));
-        SafeTensors.write(path, Metadata(header), ListModule.OfSeq(tensors));
+        try { SafeTensors.write(path, Metadata(header, extra), ListModule.OfSeq(tensors)); }
+        catch (SafeTensors.SafeTensorsException e) { throw new SfMoeException(e.Data0, e); }
     }
 
     /// <summary>Reads a model file's header. The message of any error names the file and the key at fault.</summary>

@@ -228,7 +228,7 @@ public static class Trainer
         {
             log.Info($"model in_chans {cfg.InChans} replaced by the dataset's {spec.Channels}");
             cfg = new Config.VitConfig(cfg.ImgSize, cfg.PatchSize, spec.Channels, cfg.EmbedDim, cfg.Depth, cfg.NumHeads, cfg.MlpRatio,
-                cfg.NumClasses, cfg.Distilled, cfg.QkvBias, cfg.DropRate, cfg.AttnDropRate, cfg.DropPathRate, cfg.NormEps, cfg.Pattern, cfg.Moe);
+                cfg.NumClasses, cfg.Distilled, cfg.QkvBias, cfg.DropRate, cfg.AttnDropRate, cfg.DropPathRate, cfg.NormEps, cfg.Pattern, cfg.Moe, cfg.Hybrid);
         }
         var v = Config.VitConfigModule.validate(cfg);
         if (v.IsError) throw new SfMoeException(v.ErrorValue);

@@ -1,0 +1,291 @@
+using Microsoft.FSharp.Collections;
+using Microsoft.FSharp.Core;
+using SfMoe.Core;
+using TorchSharp;
+using CoreImport = SfMoe.Core.Import;
+using CoreExport = SfMoe.Core.Export;
+
+namespace SfMoe.Checkpoints;
+
+/// <summary>Options of <see cref="Pretrained.Import"/>. Unset values come from the checkpoint.</summary>
+public sealed class ImportOptions
+{
+    /// <summary>Registry model to load into (<c>sfmoe models</c>), or <c>resnet50</c>. Null: the checkpoint's own
+    /// architecture (DomainBed's algorithm, SfMoe's export metadata, or inferred from the tensors).</summary>
+    public string? Model { get; set; }
+    /// <summary>A model config JSON text instead of <see cref="Model"/>.</summary>
+    public string? ModelConfigJson { get; set; }
+    /// <summary>Classes of the head(s); a different count than the checkpoint's re-initialises them.</summary>
+    public int? NumClasses { get; set; }
+    /// <summary>Input size; a different one than the checkpoint's resamples pos_embed (bicubic).</summary>
+    public int? ImageSize { get; set; }
+    /// <summary>Experts of blocks that are sparse in the model but dense in the checkpoint: "copy" (the dense FFN in
+    /// every expert, GMoE) or "random" (left at their init, the authors' SF-MoE). Null: random for SF-MoE's linear
+    /// router, copy for GMoE's cosine router.</summary>
+    public string? Experts { get; set; }
+    /// <summary>Normalisation recorded in the model file: "imagenet" or "inception" (mean = std = 0.5). Null: what the
+    /// weights expect (0.5 for Google's augreg .npz, ImageNet statistics otherwise).</summary>
+    public string? Normalization { get; set; }
+    /// <summary>Class names for the header; null writes class0, class1, ...</summary>
+    public IReadOnlyList<string>? ClassNames { get; set; }
+    /// <summary>Seed of the init of everything the checkpoint does not provide (heads, routers, experts).</summary>
+    public long Seed { get; set; }
+    /// <summary>Device the network is built on.</summary>
+    public string Device { get; set; } = "cpu";
+}
+
+/// <summary>A checkpoint key and what happened to it, with the reason.</summary>
+public sealed record KeyNote(string Key, string Reason);
+
+/// <summary>A checkpoint key and the model key it became.</summary>
+public sealed record KeyMapping(string From, string To);
+
+/// <summary>A resampled position embedding: key, checkpoint shape, model shape.</summary>
+public sealed record KeyResample(string Key, long[] From, long[] To);
+
+/// <summary>What an import did with every key (see <c>SfMoe.Core.Import</c>).</summary>
+public sealed class ImportReport
+{
+    internal ImportReport(CoreImport.Report r, CoreImport.Normalization expected, string format, IEnumerable<string>? notes = null)
+    {
+        Raw = r;
+        Format = format;
+        Loaded = r.Loaded.ToList();
+        Renamed = r.Renamed.Select(t => new KeyMapping(t.Item1, t.Item2)).ToList();
+        Resampled = r.Resampled.Select(t => new KeyResample(t.Item1, t.Item2, t.Item3)).ToList();
+        Reinitialised = r.Reinitialised.Select(t => new KeyNote(t.Item1, t.Item2)).ToList();
+        Upcycled = r.Upcycled.Select(t => new KeyMapping(t.Item1, t.Item2)).ToList();
+        Initialised = r.Initialised.Select(t => new KeyNote(t.Item1, t.Item2)).ToList();
+        Ignored = r.Ignored.Select(t => new KeyNote(t.Item1, t.Item2)).ToList();
+        Info = r.Info.Select(t => new KeyNote(t.Item1, t.Item2)).ToList();
+        Notes = r.Notes.Concat(notes ?? Array.Empty<string>()).ToList();
+        Mean = expected.Mean;
+        Std = expected.Std;
+        NormalizationName = expected.Name;
+    }
+
+    internal CoreImport.Report Raw { get; }
+    /// <summary>The checkpoint format.</summary>
+    public string Format { get; }
+    /// <summary>Model keys copied unchanged.</summary>
+    public IReadOnlyList<string> Loaded { get; }
+    /// <summary>Checkpoint names that differ from the model's.</summary>
+    public IReadOnlyList<KeyMapping> Renamed { get; }
+    /// <summary>Position embeddings resampled to the model's grid.</summary>
+    public IReadOnlyList<KeyResample> Resampled { get; }
+    /// <summary>Heads left at their init (class count differs or absent).</summary>
+    public IReadOnlyList<KeyNote> Reinitialised { get; }
+    /// <summary>Dense FFN keys copied into every expert.</summary>
+    public IReadOnlyList<KeyMapping> Upcycled { get; }
+    /// <summary>Model keys the checkpoint cannot provide (routers, experts with "random"), left at their init.</summary>
+    public IReadOnlyList<KeyNote> Initialised { get; }
+    /// <summary>Checkpoint keys not used, with the reason.</summary>
+    public IReadOnlyList<KeyNote> Ignored { get; }
+    /// <summary>Other entries of the file (DomainBed's args, hparams, ...), summarised.</summary>
+    public IReadOnlyList<KeyNote> Info { get; }
+    /// <summary>Assumptions made (an inferred model).</summary>
+    public IReadOnlyList<string> Notes { get; }
+    /// <summary>Input mean the weights expect (per channel).</summary>
+    public float[] Mean { get; }
+    /// <summary>Input std the weights expect (per channel).</summary>
+    public float[] Std { get; }
+    /// <summary>"imagenet" or "inception" (mean = std = 0.5).</summary>
+    public string NormalizationName { get; }
+
+    /// <summary>The report as text lines; <paramref name="verbose"/> lists every loaded and renamed key.</summary>
+    public IReadOnlyList<string> Lines(bool verbose = false)
+    {
+        var r = new CoreImport.Report(Raw.Loaded, Raw.Renamed, Raw.Resampled, Raw.Reinitialised, Raw.Upcycled, Raw.Initialised,
+                                  Raw.Ignored, Raw.Info, ListModule.OfSeq(Notes));
+        return CoreImport.describeReport(verbose, r).ToList();
+    }
+}
+
+/// <summary>The result of <see cref="Pretrained.Import"/>: the model file written and what went into it.</summary>
+public sealed record ImportResult(string OutputPath, ModelHeader Header, ImportReport Report, string Model);
+
+/// <summary>
+/// Pretrained weights from PyTorch checkpoints into SfMoe, and back out. Formats: deit, timm, augreg, sfmoe-dg, gmoe,
+/// torchvision (see <c>SfMoe.Core.Import</c>); export: timm (.safetensors) or pytorch (torch.save .pth). PyTorch pickles
+/// are read without executing anything: any global other than the tensor-rebuild functions, storage types and
+/// OrderedDict is refused with an error naming it.
+/// </summary>
+public static class Pretrained
+{
+    static Pretrained() { Native.ensure(); }
+
+    /// <summary>The import formats.</summary>
+    public static IReadOnlyList<string> Formats => CoreImport.FormatModule.all.Select(t => t.Item1).ToList();
+
+    /// <summary>The export formats.</summary>
+    public static IReadOnlyList<string> ExportFormats => CoreExport.FormatModule.all.Select(t => t.Item1).ToList();
+
+    internal static CoreImport.Format ParseFormat(string format) =>
+        CoreImport.FormatModule.tryParse(format) is { } f ? f.Value
+        : throw new SfMoeException($"unknown pretrained format {format}: expected {CoreImport.FormatModule.names}");
+
+    internal static FSharpOption<Upcycle.ExpertInit>? ParseExperts(string? experts) => experts?.Trim().ToLowerInvariant() switch
+    {
+        null or "" => null,
+        "copy" => FSharpOption<Upcycle.ExpertInit>.Some(Upcycle.ExpertInit.CopyDense),
+        "random" => FSharpOption<Upcycle.ExpertInit>.Some(Upcycle.ExpertInit.KeepInit),
+        _ => throw new SfMoeException($"experts must be copy or random, got {experts}"),
+    };
+
+    /// <summary>Runs <paramref name="f"/>, turning the core's file and format errors into <see cref="SfMoeException"/>.</summary>
+    internal static T Guard<T>(Func<T> f)
+    {
+        try { return f(); }
+        catch (CoreImport.ImportException e) { throw new SfMoeException(e.Data0, e); }
+        catch (Pickle.PickleException e) { throw new SfMoeException(e.Data0, e); }
+        catch (TorchFile.TorchFileException e) { throw new SfMoeException(e.Data0, e); }
+        catch (Npz.NpzException e) { throw new SfMoeException(e.Data0, e); }
+        catch (SafeTensors.SafeTensorsException e) { throw new SfMoeException(e.Data0, e); }
+        catch (ConfigJson.ConfigException e) { throw new SfMoeException(e.Data0, e); }
+        catch (Weights.WeightsException e) { throw new SfMoeException(e.Data0, e); }
+    }
+
+    /// <summary>Reads a checkpoint into memory under SfMoe's names (the caller disposes it).</summary>
+    internal static Import.Source Read(string path, string format)
+    {
+        var fmt = ParseFormat(format);
+        if (!File.Exists(path)) throw new SfMoeException($"{path}: file not found");
+        return Guard(() => CoreImport.read(fmt, path));
+    }
+
+    /// <summary>
+    /// Loads a pretrained checkpoint into a network built for training (<c>train --pretrained FILE --pretrained-format F</c>):
+    /// the network keeps its own init wherever the checkpoint has nothing (a head with another class count, routers,
+    /// experts with "random"). Fails, changing nothing, on any missing, unexpected or mis-shaped key.
+    /// </summary>
+    /// <param name="network">The network, e.g. from <see cref="Networks.Create"/> with the run's config and seed.</param>
+    /// <param name="path">The checkpoint file.</param>
+    /// <param name="format">deit, timm, augreg, sfmoe-dg, gmoe or torchvision.</param>
+    /// <param name="experts">copy, random, or null for the network's default (random for SF-MoE, copy for GMoE).</param>
+    /// <returns>What was loaded, resampled, re-initialised, upcycled and ignored, and the normalisation the weights expect.</returns>
+    /// <exception cref="SfMoeException">Unreadable or unsafe file, unknown format, or keys that do not fit.</exception>
+    public static ImportReport LoadInto(Train.Network network, string path, string format, string? experts = null)
+    {
+        var mode = ParseExperts(experts);
+        using var src = Read(path, format);
+        var r = Guard(() => CoreImport.loadInto(network, src, mode));
+        return new ImportReport(r, src.Normalization, format);
+    }
+
+    /// <summary>
+    /// <c>sfmoe import</c>: reads a checkpoint, builds the model (the given one or the checkpoint's own), loads it with
+    /// a full key report and writes an SfMoe model file (weights + header with backbone, config, classes, mean/std).
+    /// </summary>
+    /// <exception cref="SfMoeException">Unreadable or unsafe file, unknown format or model, keys that do not fit.</exception>
+    public static ImportResult Import(string inputPath, string format, string outputPath, ImportOptions? options = null)
+    {
+        options ??= new ImportOptions();
+        var mode = ParseExperts(options.Experts);
+        CoreImport.Normalization? norm = null;
+        if (options.Normalization is not null)
+            norm = CoreImport.NormalizationModule.tryParse(options.Normalization) is { } n ? n.Value
+                : throw new SfMoeException($"normalization must be imagenet or inception, got {options.Normalization}");
+        if (options.NumClasses is < 1) throw new SfMoeException($"num-classes must be >= 1, got {options.NumClasses}");
+        if (options.ImageSize is < 1) throw new SfMoeException($"img-size must be >= 1, got {options.ImageSize}");
+        if (options.Model is not null && options.ModelConfigJson is not null) throw new SfMoeException("give a model or a model config, not both");
+        using var src = Read(inputPath, format);
+        var notes = new List<string>();
+        Train.Network net;
+        string backbone, modelName;
+        string? vitJson = null;
+        int numClasses, inChans, imgSize;
+        if (src.IsResNet || options.Model == "resnet50")
+        {
+            if (!src.IsResNet) throw new SfMoeException($"{inputPath} is not a ResNet-50 checkpoint; resnet50 takes --from torchvision or a DomainBed ERM model.pkl");
+            if (options.Model is not null && options.Model != "resnet50" || options.ModelConfigJson is not null)
+                throw new SfMoeException($"{inputPath} is a ResNet-50 checkpoint: the model is resnet50");
+            var cls = src.Tensors.FirstOrDefault(t => t.Item1 == "classifier.weight");
+            numClasses = options.NumClasses ?? (cls is null ? 1000 : (int)cls.Item2.shape[0]);
+            inChans = 3;
+            imgSize = options.ImageSize ?? 224;
+            backbone = modelName = "resnet50";
+            net = Networks.Create("resnet50", null, numClasses, inChans, imgSize, options.Device, options.Seed, 0.0);
+        }
+        else
+        {
+            Config.VitConfig cfg;
+            if (options.ModelConfigJson is not null) { cfg = Networks.ParseConfig(options.ModelConfigJson); modelName = "model config"; }
+            else if (options.Model is not null)
+            {
+                var r = Registry.tryCreate(options.Model);
+                if (r.IsError) throw new SfMoeException(r.ErrorValue);
+                cfg = r.ResultValue;
+                modelName = options.Model;
+            }
+            else if (src.Config is { } stated)
+            {
+                cfg = stated.Value;
+                modelName = src.Algorithm is { } a ? $"{a.Value}'s model (from the checkpoint)" : "the checkpoint's config";
+            }
+            else
+            {
+                var inferred = Guard(() => CoreImport.inferConfig(src));
+                cfg = inferred.Item1;
+                notes.AddRange(inferred.Item2);
+                modelName = "inferred from the checkpoint";
+            }
+            if (options.NumClasses is int k) cfg = SfMoeModel.With(cfg, numClasses: k);
+            if (options.ImageSize is int s) cfg = SfMoeModel.With(cfg, imgSize: s);
+            var v = Config.VitConfigModule.validate(cfg);
+            if (v.IsError) throw new SfMoeException(v.ErrorValue);
+            vitJson = ConfigJson.toJson(false, cfg);
+            numClasses = cfg.NumClasses;
+            inChans = cfg.InChans;
+            imgSize = cfg.ImgSize;
+            backbone = "vit";
+            net = Networks.Create("vit", vitJson, numClasses, inChans, imgSize, options.Device, options.Seed, 0.0);
+        }
+        using var _ = net.Module;
+        var report = Guard(() => CoreImport.loadInto(net, src, mode));
+        var expected = norm ?? src.Normalization;
+        var classNames = options.ClassNames ?? Enumerable.Range(0, numClasses).Select(i => $"class{i}").ToList();
+        if (classNames.Count != numClasses) throw new SfMoeException($"{classNames.Count} class names for {numClasses} classes");
+        var algorithm = src.Algorithm is { } alg ? alg.Value : "import";
+        var header = new ModelHeader(backbone, vitJson, numClasses, inChans, imgSize, classNames,
+                                     src.Dataset is { } ds ? ds.Value : null, 0, algorithm, "{}", expected.Mean, expected.Std);
+        var extra = new Dictionary<string, string>
+        {
+            ["imported_from"] = Path.GetFileName(inputPath),
+            ["imported_format"] = CoreImport.FormatModule.name(src.Format),
+            ["normalization"] = expected.Name,
+        };
+        if (src.Normalization.Name != expected.Name)
+            notes.Add($"normalization {expected.Name} recorded, although these weights expect {src.Normalization.Name}");
+        ModelFile.Save(outputPath, net, header, extra);
+        return new ImportResult(outputPath, header, new ImportReport(report, expected, format, notes), modelName);
+    }
+
+    /// <summary>
+    /// <c>sfmoe export</c>: writes a model file's weights for PyTorch: "timm" (.safetensors, timm names, the model config
+    /// in the header as sfmoe_model_config) or "pytorch" (a torch.save .pth of an OrderedDict). Sparse blocks keep
+    /// SfMoe's (lucidrains') MoE layout: gate.w_gating [D, E], experts.w1 [E, D, H], experts.w2 [E, H, D].
+    /// </summary>
+    /// <exception cref="SfMoeException">Unreadable model file, unknown format, or an unwritable output.</exception>
+    public static void Export(string checkpointPath, string format, string outputPath)
+    {
+        var fmt = CoreExport.FormatModule.tryParse(format) is { } f ? f.Value
+            : throw new SfMoeException($"unknown export format {format}: expected timm or pytorch");
+        var (net, header) = ModelFile.Load(checkpointPath);
+        using var _ = net.Module;
+        var meta = new Dictionary<string, string>
+        {
+            ["backbone"] = header.Backbone,
+            ["num_classes"] = header.NumClasses.ToString(),
+            ["class_names"] = System.Text.Json.JsonSerializer.Serialize(header.ClassNames),
+            ["mean"] = System.Text.Json.JsonSerializer.Serialize(header.Mean),
+            ["std"] = System.Text.Json.JsonSerializer.Serialize(header.Std),
+            ["moe_layout"] = "lucidrains: mlp.gate.w_gating [D,E], mlp.experts.w1 [E,D,H], mlp.experts.w2 [E,H,D], y = gelu(x @ w1[e]) @ w2[e]",
+        };
+        if (header.ModelConfigJson is not null) meta["sfmoe_model_config"] = header.ModelConfigJson;
+        Guard(() =>
+        {
+            CoreExport.write(fmt, outputPath, net, MapModule.OfSeq(meta.Select(kv => Tuple.Create(kv.Key, kv.Value))));
+            return 0;
+        });
+    }
+}
