@@ -159,6 +159,9 @@ type TrainArgs =
     | Resume
     | Eval_Cache_Mb of mb: int
     | Synthetic_Size of n: int
+    | Pretrained of file: string
+    | Pretrained_Format of format: string
+    | Experts of mode: string
     | No_Timings
     | Quiet
     interface IArgParserTemplate with
@@ -187,6 +190,9 @@ type TrainArgs =
             | Resume -> "continue the run in --output-dir from its last checkpoint"
             | Eval_Cache_Mb _ -> "memory budget for evaluation images kept decoded (default 2048)"
             | Synthetic_Size _ -> "images per environment of the Synthetic dataset"
+            | Pretrained _ -> "initial weights (see sfmoe import): a checkpoint file"
+            | Pretrained_Format _ -> "deit, timm, augreg, sfmoe-dg, gmoe or torchvision"
+            | Experts _ -> "sparse blocks from a dense checkpoint: copy (GMoE) or random (SF-MoE as released; default for SF-MoE)"
             | No_Timings -> "write 0 for step_time and mem_gb, so results.jsonl is reproducible byte for byte"
             | Quiet -> "no progress output (warnings still go to stderr)"
 
@@ -490,6 +496,9 @@ let train (a: ParseResults<TrainArgs>) =
     o.EvalCacheBytes <- int64 (a.GetResult(TrainArgs.Eval_Cache_Mb, defaultValue = 2048)) * 1024L * 1024L
     o.SyntheticSize <- a.TryGetResult TrainArgs.Synthetic_Size |> Option.map (positive "synthetic-size") |> Option.toNullable
     o.RecordTimings <- not (a.Contains TrainArgs.No_Timings)
+    o.Pretrained <- a.TryGetResult TrainArgs.Pretrained |> Option.toObj
+    o.PretrainedFormat <- a.TryGetResult TrainArgs.Pretrained_Format |> Option.toObj
+    o.Experts <- a.TryGetResult TrainArgs.Experts |> Option.toObj
     o.Quiet <- a.Contains TrainArgs.Quiet
     let live = not o.Quiet && not Console.IsOutputRedirected
     let mutable lastPrint = DateTime.MinValue

@@ -149,6 +149,36 @@ public class TrainerTests : IDisposable
     }
 
     [Fact]
+    public void TrainingCanStartFromAPretrainedCheckpoint()
+    {
+        var root = new DirectoryInfo(AppContext.BaseDirectory);
+        while (!File.Exists(Path.Combine(root.FullName, "SfMoe.sln"))) root = root.Parent!;
+        var deit = Path.Combine(root.FullName, "tests", "fixtures", "interop", "deit_tiny.pth");
+        var o = Options("pretrained", steps: 1);
+        o.Model = null;
+        o.ModelConfigJson = """{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_classes": 2, "distilled": true, "pattern": "F,S"}""";
+        o.Pretrained = deit;
+        o.PretrainedFormat = "deit";
+        o.Experts = "copy";
+        o.Lr = 1e-12; // one step that changes nothing measurable: the saved model holds the imported weights
+        Trainer.Run(o);
+        var log = File.ReadAllText(Path.Combine(o.OutputDir, "log.txt"));
+        Assert.Contains("upcycled", log);
+        var (net, _) = ModelFile.Load(Path.Combine(o.OutputDir, "model.safetensors"));
+        using var module = net.Module;
+        var direct = Networks.Create("vit", o.ModelConfigJson, 2, 3, 32, "cpu", 0, 0.0);
+        using var dm = direct.Module;
+        Pretrained.LoadInto(direct, deit, "deit", "copy");
+        var a = module.state_dict();
+        var b = dm.state_dict();
+        foreach (var key in new[] { "blocks.0.attn.qkv.weight", "pos_embed", "blocks.1.mlp.experts.w1" })
+            Assert.True(a[key].allclose(b[key], rtol: 1e-6, atol: 1e-9), key);
+        var bad = Options("pretrained-bad", steps: 1);
+        bad.Pretrained = deit;
+        Assert.Contains("--pretrained needs --pretrained-format", Assert.Throws<SfMoeException>(() => Trainer.Run(bad)).Message);
+    }
+
+    [Fact]
     public void BadOptionsAreClearErrors()
     {
         var o = Options("bad");

@@ -65,9 +65,22 @@ public static class Trainer
 
         // The network: the dataset sets the class count and input channels.
         var (backbone, vitJson, imgSize) = ResolveModel(o, algorithm.Value, spec, log);
-        var pre = o.Preprocessor ?? Preprocessors.For(spec, imgSize);
         var net = Networks.Create(backbone, vitJson, spec.Classes.Count, spec.Channels, imgSize, o.Device, o.Seed,
                                   Convert.ToDouble(hparams["resnet_dropout"]));
+        float[]? mean = null, std = null;
+        if (o.Pretrained is not null)
+        {
+            if (o.Resume) log.Info("--pretrained is ignored on --resume (the checkpoint holds the weights)");
+            else
+            {
+                if (o.PretrainedFormat is null) throw new SfMoeException("--pretrained needs --pretrained-format (" + string.Join(", ", Pretrained.Formats) + ")");
+                var report = Pretrained.LoadInto(net, o.Pretrained, o.PretrainedFormat, o.Experts);
+                foreach (var line in report.Lines()) log.Info(line);
+                (mean, std) = (report.Mean, report.Std);
+            }
+        }
+        else if (o.Experts is not null) throw new SfMoeException("--experts applies with --pretrained");
+        var pre = o.Preprocessor ?? Preprocessors.For(spec, imgSize, mean, std);
         var optKind = o.Optimizer.ToLowerInvariant() switch
         {
             "adam" => Optim.Kind.AdamL2,

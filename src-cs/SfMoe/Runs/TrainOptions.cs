@@ -60,6 +60,14 @@ public sealed class TrainOptions
     public int? SyntheticSize { get; set; }
     /// <summary>Only warnings on stderr.</summary>
     public bool Quiet { get; set; }
+    /// <summary>Initial weights: a checkpoint in one of <see cref="Checkpoints.Pretrained.Formats"/> (deit, timm, augreg,
+    /// sfmoe-dg, gmoe, torchvision).</summary>
+    public string? Pretrained { get; set; }
+    /// <summary>Format of <see cref="Pretrained"/>.</summary>
+    public string? PretrainedFormat { get; set; }
+    /// <summary>How sparse blocks start from a dense checkpoint: copy (GMoE) or random (SF-MoE as released); null:
+    /// the model's default.</summary>
+    public string? Experts { get; set; }
     /// <summary>Image preprocessing (null: the dataset's default: DomainBed's transforms, or /255 for MNIST).</summary>
     public IPreprocessor? Preprocessor { get; set; }
     /// <summary>Stop after this many steps of this invocation (tests of resume: a "kill" at a known point).</summary>
