@@ -209,12 +209,58 @@ type CollectArgs =
             | Selection _ -> "iid (training-domain validation), loo (leave-one-domain-out) or oracle; default: all three"
             | Complete_Only -> "use only runs that finished (have a done file)"
 
+type EvaluateArgs =
+    | [<Mandatory>] Checkpoint of file: string
+    | Dataset of name: string
+    | Data_Dir of dir: string
+    | Trial_Seed of n: int
+    | Workers of n: int
+    | Json
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Checkpoint _ -> "model file (model.safetensors of a run, or an imported model)"
+            | Dataset _ -> "dataset name or folder (default: the one the model was trained on)"
+            | Data_Dir _ -> "folder holding the datasets"
+            | Trial_Seed _ -> "seed of the in/out splits (default 0)"
+            | Workers _ -> "threads decoding images (default 1)"
+            | Json -> "print the accuracies as JSON"
+
+type PredictArgs =
+    | [<Mandatory>] Checkpoint of file: string
+    | [<MainCommand; Mandatory>] Images of image: string list
+    | Top of k: int
+    | Json
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Checkpoint _ -> "model file"
+            | Images _ -> "image files"
+            | Top _ -> "classes to show per image (default 5)"
+            | Json -> "print predictions as JSON"
+
+type DownloadArgs =
+    | [<MainCommand; Mandatory>] Dataset of name: string
+    | [<Mandatory>] Data_Dir of dir: string
+    | Mirror of url: string
+    | Force
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Dataset _ -> "PACS, VLCS, OfficeHome, TerraIncognita, DomainNet, SVIRO or MNIST"
+            | Data_Dir _ -> "folder to put it in (DomainBed's layout)"
+            | Mirror _ -> "base URL replacing the public sources (also SFMOE_DOWNLOAD_MIRROR)"
+            | Force -> "download again even if the dataset is present"
+
 type Command =
     | [<CliPrefix(CliPrefix.None)>] Pattern of ParseResults<PatternArgs>
     | [<CliPrefix(CliPrefix.None)>] Models of ParseResults<ModelsArgs>
     | [<CliPrefix(CliPrefix.None)>] Summary of ParseResults<SummaryArgs>
     | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainArgs>
+    | [<CliPrefix(CliPrefix.None)>] Evaluate of ParseResults<EvaluateArgs>
+    | [<CliPrefix(CliPrefix.None)>] Predict of ParseResults<PredictArgs>
     | [<CliPrefix(CliPrefix.None)>] Collect of ParseResults<CollectArgs>
+    | [<CliPrefix(CliPrefix.None)>] Download of ParseResults<DownloadArgs>
     | [<CliPrefix(CliPrefix.None)>] Forward of ParseResults<ForwardArgs>
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
     | [<CliPrefix(CliPrefix.None)>] Import of ParseResults<InteropCommands.ImportArgs>
@@ -227,6 +273,9 @@ type Command =
             | Models _ -> "list the model registry"
             | Summary _ -> "build a model, run it on a random batch, print its block layout and output shape"
             | Train _ -> "train on a DomainBed dataset leaving environments out (default: SF-MoE on the built-in Synthetic dataset)"
+            | Evaluate _ -> "accuracy of a model on every environment's in and out split"
+            | Predict _ -> "top classes with probabilities for image files"
+            | Download _ -> "fetch a dataset DomainBed uses (checksums, resumable) into DomainBed's layout"
             | Collect _ -> "model selection and result tables over runs, exactly as DomainBed (mean +/- standard error over trials)"
             | Forward _ -> "run a model with given weights on an input tensor, write logits, aux loss and routing"
             | Bench _ -> "benchmarks (ratios measured side by side in one run)"
@@ -551,3 +600,55 @@ let collect (a: ParseResults<CollectArgs>) =
     Console.Write text
     if format = Runs.TableFormat.Csv then eprintf "%s" (Runs.Collect.RunReport records)
     if records.HasErrors then 1 else 0
+
+let evaluate (a: ParseResults<EvaluateArgs>) =
+    use model = TrainedModel.Load(a.GetResult EvaluateArgs.Checkpoint)
+    let name =
+        match a.TryGetResult EvaluateArgs.Dataset, model.Header.Dataset with
+        | Some d, _ -> d
+        | None, null -> fail "the model file does not name its dataset: give --dataset"
+        | None, d -> d
+    let ds = Data.Datasets.Open(name, a.TryGetResult EvaluateArgs.Data_Dir |> Option.toObj, Func<string, Data.ImageU8>(Data.ImageCodec.Decode), Data.DatasetOptions())
+    let r = model.Evaluate(ds, a.GetResult(EvaluateArgs.Trial_Seed, defaultValue = 0), workers = positive "workers" (a.GetResult(EvaluateArgs.Workers, defaultValue = 1)))
+    if a.Contains EvaluateArgs.Json then Console.WriteLine(json r.Accuracies)
+    else
+        Console.WriteLine(sprintf "%s on %s (step %d)" (IO.Path.GetFileName(a.GetResult EvaluateArgs.Checkpoint)) r.Dataset model.Header.Step)
+        Output.table Console.Out
+            [ yield [ "env"; "name"; "in acc"; "in n"; "out acc"; "out n" ]
+              for i, n in Seq.indexed r.Environments ->
+                  let k s = sprintf "env%d_%s" i s
+                  [ string i; n; sprintf "%.3f" r.Accuracies[k "in"]; string r.Counts[k "in"]; sprintf "%.3f" r.Accuracies[k "out"]; string r.Counts[k "out"] ] ]
+    0
+
+type PredictionJson = { image: string; predictions: {| ``class``: string; index: int; probability: float |} list }
+
+let predict (a: ParseResults<PredictArgs>) =
+    use model = TrainedModel.Load(a.GetResult PredictArgs.Checkpoint)
+    let top = positive "top" (a.GetResult(PredictArgs.Top, defaultValue = 5))
+    let results = [ for img in a.GetResult PredictArgs.Images -> img, model.Predict(img, top) ]
+    if a.Contains PredictArgs.Json then
+        Console.WriteLine(json [ for img, ps in results -> { image = img; predictions = [ for p in ps -> {| ``class`` = p.Class; index = p.Index; probability = p.Probability |} ] } ])
+    else
+        for img, ps in results do
+            Console.WriteLine img
+            for p in ps do Console.WriteLine(sprintf "  %-20s %6.2f%%" p.Class (100.0 * p.Probability))
+    0
+
+let download (a: ParseResults<DownloadArgs>) =
+    let dir = a.GetResult DownloadArgs.Data_Dir
+    let opts = Data.DownloadOptions(Mirror = (a.TryGetResult DownloadArgs.Mirror |> Option.toObj), Force = a.Contains DownloadArgs.Force)
+    let mutable last = ""
+    let progress =
+        { new IProgress<Data.DownloadProgress> with
+            member _.Report p =
+                let line =
+                    match p.Total |> Option.ofNullable with
+                    | Some t when t > 0L -> sprintf "%s %s %.1f%%" p.Stage p.File (100.0 * float p.Done / float t)
+                    | _ -> sprintf "%s %s %s" p.Stage p.File (if isNull p.Message then "" else p.Message)
+                if line <> last then
+                    last <- line
+                    Console.Error.WriteLine line }
+    let r = Data.Downloader.Fetch(a.GetResult DownloadArgs.Dataset, dir, progress, opts)
+    for w in r.Warnings do eprintfn "warning: %s" w
+    Console.WriteLine(sprintf "%s %s in %s" r.Dataset (if r.AlreadyPresent then "already present" else "ready") r.Folder)
+    0

@@ -32,6 +32,9 @@ let main argv =
             | Some(Summary a) -> summary a
             | Some(Train a) -> train a
             | Some(Collect a) -> collect a
+            | Some(Evaluate a) -> evaluate a
+            | Some(Predict a) -> predict a
+            | Some(Download a) -> download a
             | Some(Forward a) -> forward a
             | Some(Import a) -> InteropCommands.import a
             | Some(Export a) -> InteropCommands.export a

@@ -272,6 +272,8 @@ public sealed class EvalSplit
     public string Name { get; }
     /// <summary>Samples in the split.</summary>
     public int Count => _indices.Length;
+    /// <summary>Samples that could be read (after <see cref="Prepare"/>).</summary>
+    public int ReadableCount => _readable?.Length ?? 0;
     /// <summary>Bytes the cache needs.</summary>
     public long CacheBytes => (long)_indices.Length * _pre.Channels * _pre.Height * _pre.Width;
 

@@ -1,0 +1,133 @@
+using SfMoe.Checkpoints;
+using SfMoe.Core;
+using SfMoe.Data;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SfMoe;
+
+/// <summary>One class and its probability.</summary>
+public sealed record Prediction(string Class, int Index, double Probability);
+
+/// <summary>Accuracy of a model on every environment's in and out split of a dataset.</summary>
+/// <param name="Dataset">The dataset's name.</param>
+/// <param name="Environments">Environment names in index order.</param>
+/// <param name="Accuracies">"env{i}_in" / "env{i}_out" to accuracy.</param>
+/// <param name="Counts">"env{i}_in" / "env{i}_out" to the number of readable images evaluated.</param>
+public sealed record EvaluationResult(string Dataset, IReadOnlyList<string> Environments, IReadOnlyDictionary<string, double> Accuracies, IReadOnlyDictionary<string, int> Counts);
+
+/// <summary>
+/// A model file written by training or import, ready for inference: everything it needs (architecture, classes,
+/// input size, normalisation) comes from the file. Owns native memory: dispose it.
+/// <code>
+/// using var model = TrainedModel.Load("runs/pacs/model.safetensors");
+/// foreach (var p in model.Predict("photo.jpg")) Console.WriteLine($"{p.Class}: {p.Probability:P1}");
+/// </code>
+/// </summary>
+public sealed class TrainedModel : IDisposable
+{
+    readonly Train.Network _net;
+    readonly Device _device;
+
+    TrainedModel(Train.Network net, ModelHeader header, Device device) { _net = net; Header = header; _device = device; }
+
+    static TrainedModel() { Native.ensure(); }
+
+    /// <summary>Loads a model file (.safetensors with an SfMoe header).</summary>
+    /// <exception cref="SfMoeException">Missing, corrupt or foreign file; the message names it.</exception>
+    public static TrainedModel Load(string path, string device = "cpu")
+    {
+        var (net, header) = ModelFile.Load(path, device);
+        net.SetTraining(false);
+        return new TrainedModel(net, header, Runs.Trainer.Device(device));
+    }
+
+    /// <summary>What the file says about the model.</summary>
+    public ModelHeader Header { get; }
+
+    /// <summary>Class names in label order.</summary>
+    public IReadOnlyList<string> ClassNames => Header.ClassNames;
+
+    /// <summary>Logits (B, K) for preprocessed images (B, C, H, W); eval mode, deterministic. The caller disposes them.</summary>
+    public Tensor Logits(Tensor images)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        using var rng = new Generator(0, _device);
+        _net.SetTraining(false);
+        try
+        {
+            var o = Train.forward(_net, rng, false, images);
+            return scope.MoveToOuter(o.Logits);
+        }
+        catch (ArgumentException e) { throw new SfMoeException(e.Message.Split(" (Parameter")[0], e); }
+    }
+
+    /// <summary>The preprocessing the model was trained with, for a dataset spec (or images, when null).</summary>
+    public IPreprocessor Preprocessor(DatasetSpec? spec = null) =>
+        spec?.Preprocess == Data.Preprocess.Mnist || Header.InChannels != 3
+            ? new MnistPreprocessor(Header.InChannels, Header.ImageSize)
+            : new ImageNetPreprocessor(3, Header.ImageSize, Header.Mean, Header.Std);
+
+    /// <summary>The top classes for a decoded image.</summary>
+    public IReadOnlyList<Prediction> Predict(ImageU8 image, int top = 5)
+    {
+        if (top < 1) throw new SfMoeException($"top must be >= 1, got {top}");
+        var img = image;
+        if (Header.InChannels == 1 && img.Channels != 1) img = Transforms.ToGrayscale(img, 1);
+        if (img.Channels != Header.InChannels)
+            throw new SfMoeException($"the model takes {Header.InChannels}-channel inputs; the image has {img.Channels} channels");
+        var pre = Preprocessor();
+        var x = new float[pre.Channels * pre.Height * pre.Width];
+        pre.ToInput(pre.Resize(img), x);
+        using var scope = NewDisposeScope();
+        var t = torch.tensor(x, new long[] { 1, pre.Channels, pre.Height, pre.Width });
+        var probs = Logits(t).softmax(1)[0].cpu().data<float>().ToArray();
+        return probs.Select((p, i) => new Prediction(i < ClassNames.Count ? ClassNames[i] : $"class{i}", i, p))
+                    .OrderByDescending(p => p.Probability).ThenBy(p => p.Index).Take(top).ToList();
+    }
+
+    /// <summary>The top classes for an image file.</summary>
+    /// <exception cref="SfMoeException">The file cannot be read as an image.</exception>
+    public IReadOnlyList<Prediction> Predict(string imagePath, int top = 5)
+    {
+        ImageU8 img;
+        try { img = ImageCodec.Decode(imagePath); }
+        catch (ImageLoadException e) { throw new SfMoeException(e.Message, e); }
+        return Predict(img, top);
+    }
+
+    /// <summary>
+    /// Accuracy on every environment's in and out split (DomainBed's splits for <paramref name="trialSeed"/>),
+    /// with the eval transform. Unreadable images are skipped (and counted out).
+    /// </summary>
+    public EvaluationResult Evaluate(IMultiDomainDataset dataset, int trialSeed = 0, double holdout = 0.2, int batchSize = 64, int workers = 1)
+    {
+        var spec = dataset.Spec;
+        if (spec.Classes.Count != Header.NumClasses)
+            throw new SfMoeException($"the model has {Header.NumClasses} classes, {spec.Name} has {spec.Classes.Count}");
+        if (spec.Channels != Header.InChannels)
+            throw new SfMoeException($"the model takes {Header.InChannels}-channel inputs, {spec.Name} has {spec.Channels}");
+        var pre = Preprocessor(spec);
+        using var log = new RunLog(null, quiet: true);
+        var loader = new SafeLoader(log);
+        var accs = new Dictionary<string, double>();
+        var counts = new Dictionary<string, int>();
+        for (int i = 0; i < dataset.Environments.Count; i++)
+        {
+            var env = dataset.Environments[i];
+            var (outIdx, inIdx) = Splits.EnvSplit(i, env.Count, trialSeed, holdout);
+            foreach (var (name, idx) in new[] { ($"env{i}_in", inIdx), ($"env{i}_out", outIdx) })
+            {
+                var split = new EvalSplit(name, env, idx, pre);
+                split.Prepare(loader, keep: false, workers);
+                accs[name] = split.Accuracy(Logits, loader, batchSize, workers, _device);
+                counts[name] = split.ReadableCount;
+            }
+        }
+        return new EvaluationResult(spec.Name, dataset.Environments.Select(e => e.Name).ToList(), accs, counts);
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => _net.Module.Dispose();
+}
