@@ -98,14 +98,41 @@ type BenchStepArgs =
             | Repeats _ -> "timed steps; the median is reported (default 5)"
             | Json -> "print {\"step_ms\": .., \"forward_ms\": .., ...}"
 
+type BenchTrainArgs =
+    | Model of name: string
+    | Dataset of name: string
+    | Data_Dir of dir: string
+    | Jpeg_Size of size: int
+    | Batch_Size of n: int
+    | Steps of n: int
+    | Threads of n: int
+    | Workers of n: int
+    | Algorithm of name: string
+    | Json
+    interface IArgParserTemplate with
+        member a.Usage =
+            match a with
+            | Model _ -> "model (default: sfmoe_test_patch8_32 for Synthetic, else sfmoe_small_patch16_224)"
+            | Dataset _ -> "dataset name or folder (default Synthetic)"
+            | Data_Dir _ -> "folder holding the datasets"
+            | Jpeg_Size _ -> "instead of a dataset: write the Synthetic dataset as a folder of SIZE x SIZE JPEG files and use it"
+            | Batch_Size _ -> "images per environment per step (default 32)"
+            | Steps _ -> "steps timed per measurement (default 10)"
+            | Threads _ -> "CPU threads for tensor ops (default: all cores)"
+            | Workers _ -> "threads decoding and augmenting (default: half the cores)"
+            | Algorithm _ -> "ERM, SFMoE (default) or GMoE"
+            | Json -> "print the figures as JSON"
+
 type BenchArgs =
     | [<CliPrefix(CliPrefix.None)>] Moe of ParseResults<BenchMoeArgs>
+    | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<BenchTrainArgs>
     | [<CliPrefix(CliPrefix.None)>] Step of ParseResults<BenchStepArgs>
     interface IArgParserTemplate with
         member a.Usage =
             match a with
             | Moe _ -> "forward+backward of the MoE layer against a dense FFN with the same tokens and dims"
             | Step _ -> "one training step (forward, backward, Adam) on random tensors, with achieved GFLOP/s"
+            | Train _ -> "images/s of the data pipeline alone, of training alone and of both together, and peak memory"
 
 type ModelsArgs =
     | Json
@@ -158,6 +185,7 @@ type TrainArgs =
     | [<Mandatory>] Output_Dir of dir: string
     | Resume
     | Eval_Cache_Mb of mb: int
+    | Train_Cache_Mb of mb: int
     | Synthetic_Size of n: int
     | Pretrained of file: string
     | Pretrained_Format of format: string
@@ -188,7 +216,8 @@ type TrainArgs =
             | Device _ -> "cpu (default), cuda or cuda:N"
             | Output_Dir _ -> "run folder: results.jsonl, model.safetensors, train_state.safetensors, log.txt, done"
             | Resume -> "continue the run in --output-dir from its last checkpoint"
-            | Eval_Cache_Mb _ -> "memory budget for evaluation images kept decoded (default 2048)"
+            | Eval_Cache_Mb _ -> "memory budget for evaluation images kept decoded and resized (default 2048)"
+            | Train_Cache_Mb _ -> "memory budget for training images kept decoded (default 2048; 0 decodes at every use, as DomainBed)"
             | Synthetic_Size _ -> "images per environment of the Synthetic dataset"
             | Pretrained _ -> "initial weights (see sfmoe import): a checkpoint file"
             | Pretrained_Format _ -> "deit, timm, augreg, sfmoe-dg, gmoe or torchvision"
@@ -543,6 +572,7 @@ let train (a: ParseResults<TrainArgs>) =
     o.OutputDir <- a.GetResult TrainArgs.Output_Dir
     o.Resume <- a.Contains TrainArgs.Resume
     o.EvalCacheBytes <- int64 (a.GetResult(TrainArgs.Eval_Cache_Mb, defaultValue = 2048)) * 1024L * 1024L
+    o.TrainCacheBytes <- int64 (a.GetResult(TrainArgs.Train_Cache_Mb, defaultValue = 2048)) * 1024L * 1024L
     o.SyntheticSize <- a.TryGetResult TrainArgs.Synthetic_Size |> Option.map (positive "synthetic-size") |> Option.toNullable
     o.RecordTimings <- not (a.Contains TrainArgs.No_Timings)
     o.Pretrained <- a.TryGetResult TrainArgs.Pretrained |> Option.toObj
@@ -652,3 +682,33 @@ let download (a: ParseResults<DownloadArgs>) =
     for w in r.Warnings do eprintfn "warning: %s" w
     Console.WriteLine(sprintf "%s %s in %s" r.Dataset (if r.AlreadyPresent then "already present" else "ready") r.Folder)
     0
+
+let benchTrain (a: ParseResults<BenchTrainArgs>) =
+    let tmp = IO.Path.Combine(IO.Path.GetTempPath(), sprintf "sfmoe-bench-%d" (Diagnostics.Process.GetCurrentProcess().Id))
+    try
+        let ds =
+            match a.TryGetResult BenchTrainArgs.Jpeg_Size with
+            | Some size ->
+                Runs.TrainBench.WriteJpegFolder(tmp, positive "jpeg-size" size, 200) |> ignore
+                Data.Datasets.OpenFolder(tmp, Func<string, Data.ImageU8>(Data.ImageCodec.Decode)) :> Data.IMultiDomainDataset
+            | None ->
+                let name = a.GetResult(BenchTrainArgs.Dataset, defaultValue = "Synthetic")
+                Data.Datasets.Open(name, a.TryGetResult BenchTrainArgs.Data_Dir |> Option.toObj, Func<string, Data.ImageU8>(Data.ImageCodec.Decode), Data.DatasetOptions())
+        let model =
+            a.GetResult(BenchTrainArgs.Model, defaultValue = (if ds.Spec.Name = "Synthetic" then "sfmoe_test_patch8_32" else "sfmoe_small_patch16_224"))
+        let r =
+            Runs.TrainBench.Run(ds, model, positive "batch-size" (a.GetResult(BenchTrainArgs.Batch_Size, defaultValue = 32)),
+                                positive "steps" (a.GetResult(BenchTrainArgs.Steps, defaultValue = 10)),
+                                a.TryGetResult BenchTrainArgs.Threads |> Option.map (positive "threads") |> Option.toNullable,
+                                a.TryGetResult BenchTrainArgs.Workers |> Option.map (positive "workers") |> Option.toNullable,
+                                a.GetResult(BenchTrainArgs.Algorithm, defaultValue = "SFMoE"))
+        if a.Contains BenchTrainArgs.Json then Console.WriteLine(json r)
+        else
+            Console.WriteLine(sprintf "training %s on %s: batch %d x %d envs, %d steps, %d threads, %d workers" r.Model r.Dataset r.BatchSize r.Environments r.Steps r.Threads r.Workers)
+            Console.WriteLine(sprintf "  data pipeline alone: %.1f images/s" r.PipelineImagesPerSecond)
+            Console.WriteLine(sprintf "  training alone:      %.1f images/s" r.TrainingImagesPerSecond)
+            Console.WriteLine(sprintf "  together:            %.1f images/s (%.0f%% of training alone)" r.TogetherImagesPerSecond (100.0 * r.TogetherOverTraining))
+            Console.WriteLine(sprintf "  peak memory:         %.2f GB" r.PeakMemoryGb)
+        0
+    finally
+        if IO.Directory.Exists tmp then IO.Directory.Delete(tmp, true)

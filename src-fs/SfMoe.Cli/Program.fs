@@ -42,7 +42,8 @@ let main argv =
                 match b.TryGetSubCommand() with
                 | Some(BenchArgs.Moe a) -> benchMoe a
                 | Some(BenchArgs.Step a) -> benchStep a
-                | None -> error "bench needs a benchmark: moe or step (see 'sfmoe bench --help')"
+                | Some(BenchArgs.Train a) -> benchTrain a
+                | None -> error "bench needs a benchmark: moe, step or train (see 'sfmoe bench --help')"
             | _ ->
                 Console.Error.WriteLine(parser.PrintUsage())
                 2

@@ -116,6 +116,22 @@ let tests =
             finally
                 Directory.Delete(dir, true)
         }
+        test "the main job: train with no dataset learns the Synthetic dataset, held-out accuracy well above chance" {
+            let dir = tempDir ()
+            try
+                let r = sfmoe [ "train"; "--output-dir"; IO.Path.Combine(dir, "run"); "--no-timings" ]
+                Expect.equal r.Code 0 r.Err
+                Expect.stringContains r.Out "0    cartoon   test" "the final table lists the held-out domain"
+                let last = IO.File.ReadAllLines(IO.Path.Combine(dir, "run", "results.jsonl")) |> Array.last
+                use doc = Text.Json.JsonDocument.Parse last
+                let acc = doc.RootElement.GetProperty("env0_in_acc").GetDouble()
+                Expect.equal (doc.RootElement.GetProperty("step").GetInt32()) 3000 "the default steps"
+                Expect.isGreaterThan acc 0.25 (sprintf "held-out accuracy %.3f vs chance 1/7 = 0.143" acc)
+                Expect.isTrue (IO.File.Exists(IO.Path.Combine(dir, "run", "done"))) "done"
+            finally
+                IO.Directory.Delete(dir, true)
+        }
+
         test "bench moe --json prints the timings and their ratio" {
             let r = sfmoe [ "bench"; "moe"; "--dim"; "32"; "--hidden"; "64"; "--tokens"; "396"; "--repeats"; "2"; "--warmup"; "1"; "--json" ]
             Expect.equal r.Code 0 r.Err

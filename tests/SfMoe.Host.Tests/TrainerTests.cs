@@ -213,3 +213,60 @@ public class TrainerTests : IDisposable
         Assert.True(log.Contains("3 unreadable images were skipped"), log);
     }
 }
+
+/// <summary>DomainBed's training loaders: one batch of B from each training environment per step, drawn uniformly
+/// with replacement from its in-split, deterministic by (seed, step).</summary>
+public class TrainStreamTests
+{
+    /// <summary>An environment whose label is the sample index, so a batch's labels say which samples it drew.</summary>
+    sealed class Indexed(string name, int count) : IDomainEnvironment
+    {
+        public string Name => name;
+        public int Count => count;
+        public int LabelOf(int i) => i;
+        public string SourceOf(int i) => $"{name}/{i}";
+        public IReadOnlyList<Keypoint>? KeypointsOf(int i) => null;
+        public ImageU8 Load(int i) => new(4, 4, 3, new byte[48]);
+    }
+
+    sealed class Pre : IPreprocessor
+    {
+        public int Channels => 3; public int Height => 4; public int Width => 4;
+        public float[] Mean => new float[3]; public float[] Std => new[] { 1f, 1f, 1f };
+        public void Train(ImageU8 image, Random rng, Span<float> dest) => dest.Clear();
+        public ImageU8 Resize(ImageU8 image) => image;
+        public void ToInput(ImageU8 resized, Span<float> dest) => dest.Clear();
+    }
+
+    [Fact]
+    public void EachStepTakesOneBatchPerEnvironmentDrawnUniformlyWithReplacement()
+    {
+        var a = new Indexed("a", 50);
+        var b = new Indexed("b", 10);
+        var envs = new List<(IDomainEnvironment, int[])> { (a, Enumerable.Range(0, 50).ToArray()), (b, new[] { 1, 3, 5, 7 }) };
+        using var log = new RunLog(null, quiet: true);
+        using var s = new TrainStream(envs, 8, new Pre(), 42, 0, 2, new SafeLoader(log), CPU);
+        var countsA = new int[50];
+        var countsB = new Dictionary<long, int>();
+        for (int step = 0; step < 500; step++)
+        {
+            using var batch = s.Next();
+            Assert.Equal(step, batch.Step);
+            Assert.Equal(2, batch.Xs.Length);
+            Assert.Equal(new long[] { 8, 3, 4, 4 }, batch.Xs[0].shape);
+            Assert.Equal(new long[] { 8 }, batch.Ys[1].shape);
+            foreach (var y in batch.Ys[0].data<long>().ToArray()) countsA[y]++;
+            foreach (var y in batch.Ys[1].data<long>().ToArray()) countsB[y] = countsB.GetValueOrDefault(y) + 1;
+        }
+        // 4000 draws over 50 samples: 80 expected each; every sample is drawn, none wildly more than others
+        Assert.All(countsA, c => Assert.InRange(c, 40, 130));
+        Assert.Equal(new long[] { 1, 3, 5, 7 }, countsB.Keys.OrderBy(k => k));   // only the in-split
+        Assert.All(countsB.Values, c => Assert.InRange(c, 850, 1150));            // 1000 expected each
+        // replacement: some batch repeats a sample of the 4-sample split (8 draws from 4)
+        using var again = new TrainStream(envs, 8, new Pre(), 42, 7, 1, new SafeLoader(log), CPU);
+        using var s7 = again.Next();
+        using var replay = new TrainStream(envs, 8, new Pre(), 42, 0, 2, new SafeLoader(log), CPU).Build(7);
+        Assert.Equal(replay.Ys[0].data<long>().ToArray(), s7.Ys[0].data<long>().ToArray());     // a pure function of (seed, step)
+        Assert.Equal(8, s7.Ys[1].data<long>().ToArray().Length);
+    }
+}

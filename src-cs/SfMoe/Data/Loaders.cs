@@ -95,26 +95,43 @@ public static class SeedMix
     }
 }
 
-/// <summary>Loads images, skipping unreadable ones with one warning each (DomainBed would crash on them).</summary>
+/// <summary>
+/// Loads images, skipping unreadable ones with one warning each (DomainBed would crash on them), and keeps decoded
+/// images in memory up to a byte budget, so that training decodes each image once rather than at every epoch.
+/// </summary>
 public sealed class SafeLoader
 {
     readonly RunLog _log;
     readonly ConcurrentDictionary<(IDomainEnvironment, int), bool> _bad = new();
+    readonly ConcurrentDictionary<(IDomainEnvironment, int), ImageU8> _cache = new();
+    readonly long _budget;
+    long _cached;
 
-    /// <summary>Creates a loader that logs to <paramref name="log"/>.</summary>
-    public SafeLoader(RunLog log) { _log = log; }
+    /// <summary>Creates a loader that logs to <paramref name="log"/> and caches up to <paramref name="cacheBytes"/>.</summary>
+    public SafeLoader(RunLog log, long cacheBytes = 0) { _log = log; _budget = cacheBytes; }
 
     /// <summary>Number of distinct unreadable samples met so far.</summary>
     public int BadCount => _bad.Count;
 
+    /// <summary>Bytes of decoded images kept.</summary>
+    public long CachedBytes => Interlocked.Read(ref _cached);
+
     /// <summary>Sample i, or null when it cannot be read (warned once).</summary>
     public ImageU8? TryLoad(IDomainEnvironment env, int index)
     {
-        if (_bad.ContainsKey((env, index))) return null;
-        try { return env.Load(index); }
+        var key = (env, index);
+        if (_cache.TryGetValue(key, out var hit)) return hit;
+        if (_bad.ContainsKey(key)) return null;
+        try
+        {
+            var img = env.Load(index);
+            long size = img.Pixels.Length;
+            if (Interlocked.Read(ref _cached) + size <= _budget && _cache.TryAdd(key, img)) Interlocked.Add(ref _cached, size);
+            return img;
+        }
         catch (ImageLoadException e)
         {
-            if (_bad.TryAdd((env, index), true)) _log.Warn($"skipping unreadable image {e.Message}");
+            if (_bad.TryAdd(key, true)) _log.Warn($"skipping unreadable image {e.Message}");
             return null;
         }
     }

@@ -9,8 +9,8 @@ public sealed record SyntheticOptions
 {
     /// <summary>Image side in pixels (default 64, at least 16).</summary>
     public int Size { get; init; } = 64;
-    /// <summary>Images per environment (default 800); classes take turns (label = index mod 7).</summary>
-    public int ImagesPerEnvironment { get; init; } = 800;
+    /// <summary>Images per environment (default 1600); classes take turns (label = index mod 7).</summary>
+    public int ImagesPerEnvironment { get; init; } = 1600;
     /// <summary>Seed; the same seed renders the same images.</summary>
     public int Seed { get; init; }
 }
@@ -42,11 +42,12 @@ public sealed class SyntheticDataset : IMultiDomainDataset
     /// <summary>Class names in label order (sorted).</summary>
     public static readonly IReadOnlyList<string> Classes = ["arrow", "circle", "cross", "heart", "square", "star", "triangle"];
 
-    /// <summary>The spec with the default options: 64x64 RGB, 1001 steps, evaluation every 100 (chosen for quick CPU runs).</summary>
+    /// <summary>The spec with the default options: 64x64 RGB, 3001 steps, evaluation every 500: a small SF-MoE learns it in
+    /// about three minutes on 2 CPU cores (held-out accuracy well above chance; README).</summary>
     public static readonly DatasetSpec DefaultSpec = MakeSpec(new SyntheticOptions());
 
     static DatasetSpec MakeSpec(SyntheticOptions o) =>
-        new("Synthetic", "synthetic", Domains, Classes, 3, o.Size, o.Size, 1001, 100, Preprocess.ImageNet);
+        new("Synthetic", "synthetic", Domains, Classes, 3, o.Size, o.Size, 3001, 500, Preprocess.ImageNet);
 
     static readonly string[][] Parts =
     [

@@ -92,7 +92,7 @@ public static class Trainer
                                               Convert.ToDouble(hparams["weight_decay"]), SeedMix.Of(o.Seed, 0x5eed), dd);
 
         // Splits (DomainBed: seed_hash(trial_seed, env_i), 20% out).
-        var loader = new SafeLoader(log);
+        var loader = new SafeLoader(log, o.TrainCacheBytes);
         var inSplits = new List<(IDomainEnvironment Env, int[] In, int[] Out)>();
         for (int i = 0; i < dataset.Environments.Count; i++)
         {

@@ -54,6 +54,8 @@ public sealed class TrainOptions
     public double HoldoutFraction { get; set; } = 0.2;
     /// <summary>Memory for the evaluation image cache (decoded and resized once per run).</summary>
     public long EvalCacheBytes { get; set; } = 2L << 30;
+    /// <summary>Memory for decoded training images (decoded once, augmented at every use).</summary>
+    public long TrainCacheBytes { get; set; } = 2L << 30;
     /// <summary>Record step_time and mem_gb (measurements); false writes 0 so that results.jsonl is reproducible.</summary>
     public bool RecordTimings { get; set; } = true;
     /// <summary>Images rendered per environment by the Synthetic dataset.</summary>

@@ -16,8 +16,8 @@ public class SyntheticTests(ITestOutputHelper output)
         var ds = Datasets.Open("Synthetic", dataDir: null, decode: null);
         Assert.Equal(["cartoon", "painting", "photo", "sketch"], ds.Spec.Environments);
         Assert.Equal(["arrow", "circle", "cross", "heart", "square", "star", "triangle"], ds.Spec.Classes);
-        Assert.Equal((3, 64, 64, 800), (ds.Spec.Channels, ds.Spec.Height, ds.Spec.Width, ds.Environments[0].Count));
-        Assert.All(ds.Environments, e => Assert.Equal(800, e.Count));
+        Assert.Equal((3, 64, 64, 1600), (ds.Spec.Channels, ds.Spec.Height, ds.Spec.Width, ds.Environments[0].Count));
+        Assert.All(ds.Environments, e => Assert.Equal(1600, e.Count));
         Assert.Equal(Enumerable.Repeat(100, 7), Enumerable.Range(0, 700).GroupBy(ds.Environments[2].LabelOf).Select(g => g.Count()));
     }
 

@@ -1,0 +1,99 @@
+using System.Diagnostics;
+using Microsoft.FSharp.Collections;
+using SfMoe.Checkpoints;
+using SfMoe.Core;
+using SfMoe.Data;
+using static TorchSharp.torch;
+
+namespace SfMoe.Runs;
+
+/// <summary>Images per second of the data pipeline alone, of training alone and of the two together, measured in one
+/// run (the machines are shared: compare the ratios).</summary>
+public sealed record TrainBenchResult(
+    string Model, string Dataset, int BatchSize, int Environments, int Steps, int Threads, int Workers,
+    double PipelineImagesPerSecond, double TrainingImagesPerSecond, double TogetherImagesPerSecond,
+    double TogetherOverTraining, double PeakMemoryGb);
+
+/// <summary>`sfmoe bench train`.</summary>
+public static class TrainBench
+{
+    /// <summary>Measures on the training environments of a dataset (all but env 0) with its default preprocessing.</summary>
+    public static TrainBenchResult Run(IMultiDomainDataset dataset, string model, int batchSize, int steps, int? threads = null,
+                                       int? workers = null, string algorithm = "SFMoE", long cacheBytes = 2L << 30)
+    {
+        Native.ensure();
+        if (threads is int t) set_num_threads(t);
+        var spec = dataset.Spec;
+        var alg = Train.AlgorithmKindModule.tryParse(algorithm)?.Value ?? throw new SfMoeException($"unknown algorithm {algorithm}");
+        string backbone; string? json = null; int size;
+        if (Networks.CnnBackbones.Contains(model)) { backbone = model; size = model == "mnist_cnn" ? spec.Height : 224; }
+        else
+        {
+            var r = Registry.tryCreate(model);
+            if (r.IsError) throw new SfMoeException(r.ErrorValue);
+            var cfg = SfMoeModel.With(r.ResultValue, numClasses: spec.Classes.Count);
+            backbone = "vit"; json = ConfigJson.toJson(false, cfg); size = cfg.ImgSize;
+        }
+        var pre = Preprocessors.For(spec, size);
+        var net = Networks.Create(backbone, json, spec.Classes.Count, spec.Channels, size, "cpu", 0, 0.0);
+        using var learner = new Train.Learner(net, alg, Optim.Kind.AdamL2, 1e-5, 0.0, 0, Tensors.DdModule.cpu);
+        using var log = new RunLog(null, quiet: true);
+        var envs = dataset.Environments.Skip(1).Select(e => (e, Enumerable.Range(0, e.Count).ToArray())).ToList();
+        int w = workers ?? Math.Max(1, Environment.ProcessorCount / 2);
+        int images = batchSize * envs.Count;
+
+        // Pipeline alone (prefetching stream, nothing consuming but the timer). The first pass fills the decode cache.
+        double PipelineRate(SafeLoader loader)
+        {
+            using var s = new TrainStream(envs, batchSize, pre, 1, 0, w, loader, CPU);
+            s.Next().Dispose();
+            var sw = Stopwatch.StartNew();
+            for (int i = 0; i < steps; i++) s.Next().Dispose();
+            return images * steps / sw.Elapsed.TotalSeconds;
+        }
+        var shared = new SafeLoader(log, cacheBytes);
+        // warm the cache over every training image once, as a run does in its first epoch
+        Parallel.ForEach(envs, ew => { foreach (var i in ew.Item2) shared.TryLoad(ew.e, i); });
+        double pipeline = PipelineRate(shared);
+
+        // Training alone: the same prepared batch again and again.
+        double training;
+        using (var s = new TrainStream(envs, batchSize, pre, 2, 0, w, shared, CPU))
+        using (var b = s.Next())
+        {
+            learner.Update(ListModule.OfArray(b.Xs), ListModule.OfArray(b.Ys));
+            var sw = Stopwatch.StartNew();
+            for (int i = 0; i < steps; i++) learner.Update(ListModule.OfArray(b.Xs), ListModule.OfArray(b.Ys));
+            training = images * steps / sw.Elapsed.TotalSeconds;
+        }
+
+        // Together: the real loop.
+        double together;
+        using (var s = new TrainStream(envs, batchSize, pre, 3, 0, w, shared, CPU))
+        {
+            using (var b = s.Next()) learner.Update(ListModule.OfArray(b.Xs), ListModule.OfArray(b.Ys));
+            var sw = Stopwatch.StartNew();
+            for (int i = 0; i < steps; i++)
+                using (var b = s.Next()) learner.Update(ListModule.OfArray(b.Xs), ListModule.OfArray(b.Ys));
+            together = images * steps / sw.Elapsed.TotalSeconds;
+        }
+        net.Module.Dispose();
+        return new TrainBenchResult(model, spec.Name, batchSize, envs.Count, steps, get_num_threads(), w, pipeline, training, together,
+                                    together / training, Process.GetCurrentProcess().PeakWorkingSet64 / (double)(1L << 30));
+    }
+
+    /// <summary>Writes the Synthetic dataset as a DomainBed folder of JPEG files of <paramref name="size"/> pixels
+    /// (a stand-in for PACS-like photo folders when none is at hand).</summary>
+    public static string WriteJpegFolder(string root, int size, int perEnv)
+    {
+        var ds = new SyntheticDataset(new SyntheticOptions { Size = size, ImagesPerEnvironment = perEnv });
+        foreach (var env in ds.Environments)
+            for (int i = 0; i < env.Count; i++)
+            {
+                var dir = Path.Combine(root, env.Name, ds.Spec.Classes[env.LabelOf(i)]);
+                Directory.CreateDirectory(dir);
+                File.WriteAllBytes(Path.Combine(dir, $"{i:D5}.jpg"), ImageCodec.EncodeJpeg(env.Load(i), 90));
+            }
+        return root;
+    }
+}
