@@ -23,10 +23,10 @@ var options = new TrainOptions
     OutputDir = outDir,
     Quiet = true,
 };
-var result = Trainer.Run(options, new SyncProgress(p =>
+var result = Trainer.Run(options, p =>
 {
     if (p.Evaluation is { } ev) Console.WriteLine($"step {ev.Step}: loss {ev.Loss:F3}, held-out accuracy {ev.Accuracies["env0_in"]:F3}");
-}));
+});
 Console.WriteLine($"trained {steps} steps; model at {result.ModelPath}");
 
 // 2. Load the model file and evaluate it on every environment.
@@ -49,8 +49,3 @@ foreach (var r in output.Routing)
     Console.WriteLine($"block {r.Block}: experts load {string.Join("/", r.Load.data<long>().ToArray())}, capacity {r.Capacity}");
 Console.WriteLine("sample done");
 
-/// <summary>Progress reported synchronously, in order (System.Progress posts to the thread pool).</summary>
-sealed class SyncProgress(Action<TrainProgress> onReport) : IProgress<TrainProgress>
-{
-    public void Report(TrainProgress value) => onReport(value);
-}

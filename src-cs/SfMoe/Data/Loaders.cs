@@ -199,17 +199,29 @@ public sealed class TrainStream : IDisposable
 
     volatile Exception? _failure;
 
+    // Reused between steps (torch.tensor copies them): a fresh large array per step would land on the large-object
+    // heap and trigger full collections that pause training.
+    float[]? _pixels;
+    long[]? _labels;
+
+    readonly object _buildLock = new();
+
     /// <summary>Builds the batches of one step (also usable without the prefetch thread).</summary>
     public StepBatch Build(int step)
+    {
+        lock (_buildLock) return BuildLocked(step);
+    }
+
+    StepBatch BuildLocked(int step)
     {
         int c = _pre.Channels, h = _pre.Height, w = _pre.Width, per = c * h * w;
         var xs = new Tensor[_envs.Count];
         var ys = new Tensor[_envs.Count];
+        var pixels = _pixels ??= new float[_batch * per];
+        var labels = _labels ??= new long[_batch];
         for (int e = 0; e < _envs.Count; e++)
         {
             var (env, indices) = _envs[e];
-            var pixels = new float[_batch * per];
-            var labels = new long[_batch];
             var opts = new ParallelOptions { MaxDegreeOfParallelism = _workers };
             int envIndex = e;
             Parallel.For(0, _batch, opts, j =>

@@ -20,6 +20,16 @@ namespace SfMoe.Runs;
 /// </summary>
 public static class Trainer
 {
+    /// <summary>Runs (or resumes) a training run, calling <paramref name="onProgress"/> after every step, in order,
+    /// on the training thread.</summary>
+    public static TrainResult Run(TrainOptions o, Action<TrainProgress> onProgress, CancellationToken ct = default) =>
+        Run(o, new CallbackProgress(onProgress), ct);
+
+    sealed class CallbackProgress(Action<TrainProgress> f) : IProgress<TrainProgress>
+    {
+        public void Report(TrainProgress value) => f(value);
+    }
+
     /// <summary>Runs (or resumes) a training run.</summary>
     /// <exception cref="SfMoeException">Bad options, data or files; the message says which.</exception>
     public static TrainResult Run(TrainOptions o, IProgress<TrainProgress>? progress = null, CancellationToken ct = default)
@@ -108,7 +118,9 @@ public static class Trainer
             evalSplits.Add(new EvalSplit($"env{i}_in", inSplits[i].Env, inSplits[i].In, pre));
             evalSplits.Add(new EvalSplit($"env{i}_out", inSplits[i].Env, inSplits[i].Out, pre));
         }
-        int workers = o.Workers ?? Math.Max(1, Environment.ProcessorCount / 2);
+        int workers = o.Workers ?? ThreadPlan.Workers(Environment.ProcessorCount);
+        if (o.Threads is null)
+            torch.set_num_threads(ThreadPlan.Threads(MacsPerImage(backbone, vitJson), Environment.ProcessorCount, workers));
 
         var args = ArgsJson(o, outDir, algName, spec.Name, steps, freq);
         var hparamsJson = JsonSerializer.SerializeToNode(hparams)!;
@@ -126,7 +138,8 @@ public static class Trainer
         WriteLines(resultsPath, lines);
         log.Info($"dataset {spec.Name}: {string.Join(", ", envNames.Select((n, i) => $"env{i}={n} ({inSplits[i].In.Length}+{inSplits[i].Out.Length})"))}; test envs {string.Join(",", o.TestEnvs)}");
         log.Info($"algorithm {algName}, model {backbone}{(vitJson is null ? "" : " " + Core.Pattern.print(Networks.ParseConfig(vitJson).Pattern))}, "
-                 + $"{Layers.countParams(net.Module):N0} parameters, batch {batch} x {trainEnvs.Count} envs, {steps} steps, eval every {freq}");
+                 + $"{Layers.countParams(net.Module):N0} parameters, batch {batch} x {trainEnvs.Count} envs, {steps} steps, eval every {freq}, "
+                 + $"{torch.get_num_threads()} threads + {workers} data workers");
 
         // Evaluation cache: decode and resize each eval image once, when it fits.
         long cacheBytes = evalSplits.Sum(s => s.CacheBytes);
@@ -181,6 +194,14 @@ public static class Trainer
         log.Info($"done: {steps} steps, results in {resultsPath}");
         return new TrainResult(outDir, modelPath, evaluations, true, o.TestEnvs, envNames);
     }
+
+    /// <summary>Forward multiply-accumulates per image of a network (rough for the CNNs).</summary>
+    internal static long MacsPerImage(string backbone, string? vitJson) => backbone switch
+    {
+        "vit" => Summary.table(Networks.ParseConfig(vitJson!)).Sum(t => t.Item5),
+        "resnet50" => 4_100_000_000L,
+        _ => 100_000_000L,
+    };
 
     internal static Device Device(string device)
     {

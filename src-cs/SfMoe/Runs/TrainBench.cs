@@ -22,7 +22,6 @@ public static class TrainBench
                                        int? workers = null, string algorithm = "SFMoE", long cacheBytes = 2L << 30)
     {
         Native.ensure();
-        if (threads is int t) set_num_threads(t);
         var spec = dataset.Spec;
         var alg = Train.AlgorithmKindModule.tryParse(algorithm)?.Value ?? throw new SfMoeException($"unknown algorithm {algorithm}");
         string backbone; string? json = null; int size;
@@ -35,11 +34,13 @@ public static class TrainBench
             backbone = "vit"; json = ConfigJson.toJson(false, cfg); size = cfg.ImgSize;
         }
         var pre = Preprocessors.For(spec, size);
+        int cores = Environment.ProcessorCount;
+        set_num_threads(threads ?? ThreadPlan.Threads(Trainer.MacsPerImage(backbone, json), cores, workers ?? ThreadPlan.Workers(cores)));
         var net = Networks.Create(backbone, json, spec.Classes.Count, spec.Channels, size, "cpu", 0, 0.0);
         using var learner = new Train.Learner(net, alg, Optim.Kind.AdamL2, 1e-5, 0.0, 0, Tensors.DdModule.cpu);
         using var log = new RunLog(null, quiet: true);
         var envs = dataset.Environments.Skip(1).Select(e => (e, Enumerable.Range(0, e.Count).ToArray())).ToList();
-        int w = workers ?? Math.Max(1, Environment.ProcessorCount / 2);
+        int w = workers ?? ThreadPlan.Workers(cores);
         int images = batchSize * envs.Count;
 
         // Pipeline alone (prefetching stream, nothing consuming but the timer). The first pass fills the decode cache.

@@ -40,7 +40,7 @@ public sealed class TrainOptions
     public int TrialSeed { get; set; }
     /// <summary>Seed of the random hyperparameters (0: defaults).</summary>
     public int HparamsSeed { get; set; }
-    /// <summary>CPU threads for tensor operations (default: all cores).</summary>
+    /// <summary>CPU threads for tensor operations (default: <see cref="ThreadPlan"/>).</summary>
     public int? Threads { get; set; }
     /// <summary>Threads decoding and augmenting images (default: 1 on small machines, else cores / 2).</summary>
     public int? Workers { get; set; }
@@ -84,3 +84,18 @@ public sealed record TrainProgress(int Step, int TotalSteps, double Loss, double
 
 /// <summary>A finished (or stopped) run.</summary>
 public sealed record TrainResult(string OutputDir, string ModelPath, IReadOnlyList<EvalResult> Evaluations, bool Done, IReadOnlyList<int> TestEnvs, IReadOnlyList<string> EnvNames);
+
+/// <summary>
+/// Default thread counts. Small models (under 1 GMAC per image, such as the 32x32 test models) run their many small
+/// ops faster on one thread than on two and leave the other cores to the data workers; larger models take every core
+/// (their data pipeline is cheap next to their compute). Measured with `sfmoe bench train` (README).
+/// </summary>
+public static class ThreadPlan
+{
+    /// <summary>Data workers: half the cores, at least one.</summary>
+    public static int Workers(int cores) => Math.Max(1, cores / 2);
+
+    /// <summary>Tensor threads for a model of <paramref name="macsPerImage"/> multiply-accumulates per image.</summary>
+    public static int Threads(long macsPerImage, int cores, int workers) =>
+        macsPerImage < 1_000_000_000L ? Math.Max(1, cores - workers) : Math.Max(1, cores);
+}
