@@ -45,7 +45,7 @@ let standardize (w: Tensor) : Tensor =
     use var = var
     use mean = mean
     use centred = flat - mean
-    use denom = var.add(stdConvEps.ToScalar()).sqrt_()
+    use denom = var.add(Scalars.constant stdConvEps, Scalars.one).sqrt_()
     use z = centred / denom
     z.reshape(w.shape)
 
@@ -136,7 +136,7 @@ let private bottleneckForward (b: Bottleneck) (x: Tensor) : Tensor =
     use a2 = gn b.Norm2 true h2
     use h3 = stdConvForward b.Conv3 a2
     use y = gn b.Norm3 false h3
-    (y + shortcut).relu_()
+    (add y shortcut).relu_()
 
 /// (B, C, H, W) -> (B, featureDim, ceil(H / stride), ceil(W / stride)).
 let forward (p: Params) (x: Tensor) : Tensor =
