@@ -123,6 +123,10 @@ public class TrainerTests : IDisposable
         Assert.False(File.Exists(Path.Combine(part.OutputDir, "done")));
         part.StopAfterSteps = null;
         part.Resume = true;
+        part.Lr = 5e-4;
+        Assert.Equal("cannot resume " + part.OutputDir + " with other settings: hparams.lr was 0.001, now 0.0005",
+                     Assert.Throws<SfMoeException>(() => Trainer.Run(part)).Message);
+        part.Lr = 1e-3;
         var resumed = Trainer.Run(part);
         Assert.True(resumed.Done);
         Assert.Equal(Lines(full.OutputDir).Select(l => l.Replace(full.OutputDir, "OUT")), Lines(part.OutputDir).Select(l => l.Replace(part.OutputDir, "OUT")));

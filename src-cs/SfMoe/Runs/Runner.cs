@@ -132,7 +132,13 @@ public static class Trainer
         var lines = new List<string>();
         if (o.Resume)
         {
-            (start, lines) = TrainState.Load(statePath, learner);
+            JsonObject saved;
+            (start, lines, saved) = TrainState.Load(statePath, learner);
+            var changed = Settings(args, hparamsJson).Where(kv => kv.Key != "output_dir" && !JsonNode.DeepEquals(kv.Value, Settings(saved)[kv.Key]))
+                              .Select(kv => $"{kv.Key} was {Settings(saved)[kv.Key]?.ToJsonString() ?? "null"}, now {kv.Value?.ToJsonString() ?? "null"}")
+                              .ToList();
+            if (changed.Count > 0)
+                throw new SfMoeException($"cannot resume {outDir} with other settings: {string.Join("; ", changed)}");
             log.Info($"resuming {outDir} at step {start}");
         }
         WriteLines(resultsPath, lines);
@@ -180,7 +186,7 @@ public static class Trainer
                     sums = sums.ToDictionary(kv => kv.Key, _ => 0.0); count = 0;
                     // Checkpoint first, then the log line: a kill in between re-runs the interval on resume.
                     ModelFile.Save(modelPath, net, header with { Step = step });
-                    TrainState.Save(statePath, learner, step + 1, lines, args);
+                    TrainState.Save(statePath, learner, step + 1, lines, Settings(args, hparamsJson));
                     AppendLine(resultsPath, line);
                 }
                 double rate = started.Elapsed.TotalSeconds / ranThisCall;
@@ -193,6 +199,15 @@ public static class Trainer
         File.WriteAllText(donePath, "done\n");
         log.Info($"done: {steps} steps, results in {resultsPath}");
         return new TrainResult(outDir, modelPath, evaluations, true, o.TestEnvs, envNames);
+    }
+
+    /// <summary>The settings that make a run what it is: args and effective hyperparameters, flat (hparams.lr, ...).</summary>
+    static JsonObject Settings(JsonObject args, JsonNode? hparams = null)
+    {
+        if (hparams is null) return args;   // already flat (as saved)
+        var flat = (JsonObject)args.DeepClone();
+        foreach (var (k, v) in hparams.AsObject()) flat["hparams." + k] = v?.DeepClone();
+        return flat;
     }
 
     /// <summary>Forward multiply-accumulates per image of a network (rough for the CNNs).</summary>
@@ -366,7 +381,7 @@ internal static class TrainState
         SafeTensors.write(path, MapModule.OfSeq(meta.Select(kv => Tuple.Create(kv.Key, kv.Value))), ListModule.OfSeq(tensors));
     }
 
-    public static (int NextStep, List<string> Lines) Load(string path, Train.Learner learner)
+    public static (int NextStep, List<string> Lines, JsonObject Args) Load(string path, Train.Learner learner)
     {
         SafeTensors.Contents c;
         try { c = SafeTensors.read(path); }
@@ -384,6 +399,7 @@ internal static class TrainState
         var rng = c.Find("rng") ?? throw new SfMoeException($"cannot resume: {path} lacks the generator state");
         learner.Generator.set_state(rng.Value);
         var lines = JsonSerializer.Deserialize<List<string>>(meta["results"]) ?? new List<string>();
-        return (int.Parse(meta["next_step"]), lines);
+        var args = JsonNode.Parse(meta["args"]) as JsonObject ?? new JsonObject();
+        return (int.Parse(meta["next_step"]), lines, args);
     }
 }
