@@ -87,7 +87,7 @@ let private shortIds (jobs: SweepJob seq) =
     let w = width 8
     fun (j: SweepJob) -> j.Id[.. w - 1]
 
-let private scheduler (s: JobStatus) = match s.Scheduler with null -> "-" | t -> string t
+let private scheduler (s: JobStatus) = match s.SchedulerText with null -> "-" | t -> t
 
 /// The status table, DomainBed's summary line, the jobs that did not finish and the scheduler's notes.
 let private printStatus (st: SweepStatus) =
@@ -102,33 +102,33 @@ let private printStatus (st: SweepStatus) =
     if st.LocalLaunchRunning then Console.WriteLine "A local launch of this sweep is running."
     for s in st.Jobs do
         if s.State = JobState.Incomplete && not s.Active then
-            let why = [ (if isNull s.Scheduler then None else Some(string s.Scheduler)); Option.ofObj s.LastError ] |> List.choose id
+            let why = [ Option.ofObj s.SchedulerText |> Option.map (fun t -> "Slurm " + t); Option.ofObj s.LastError ] |> List.choose id
             Console.WriteLine(
                 sprintf "incomplete: %s %s: %s%s%s" s.Job.Id (s.Job.Describe()) s.Progress
                     (if why.IsEmpty then "" else "; " + String.Join("; ", why))
                     (match s.Log with null -> "" | l -> sprintf " (log: %s)" l))
     for n in st.Notes do Console.WriteLine("note: " + n)
 
-type private JobJson =
+type JobJson =
     { id: string; dir: string; state: string; resumable: bool; records: int; last_step: Nullable<int64>; steps: Nullable<int64>
       slurm_state: string; slurm_reason: string; slurm_task: string; log: string; error: string
       dataset: string; algorithm: string; test_envs: int seq; hparams_seed: int; trial_seed: int; seed: int }
 
 let private statusJson (st: SweepStatus) =
     {| sweep = st.Sweep.Directory
-       jobs = st.Jobs.Count
+       total = st.Jobs.Count
        ``done`` = st.Count JobState.Done
        incomplete = st.Count JobState.Incomplete
        not_launched = st.Count JobState.NotLaunched
        local_launch_running = st.LocalLaunchRunning
        notes = st.Notes
-       job_states =
+       jobs =
         [ for s in st.Jobs ->
               let t = s.Scheduler
               { id = s.Job.Id; dir = st.Sweep.JobDirectory s.Job; state = JobStatus.Name s.State; resumable = s.Resumable; records = s.Records
                 last_step = Option.toNullable (Option.ofNullable s.LastStep); steps = s.Job.Steps
                 slurm_state = (if isNull t then null else t.State); slurm_reason = (if isNull t then null else t.Reason)
-                slurm_task = (if isNull t then null else sprintf "%s_%d" t.ArrayJobId t.TaskId)
+                slurm_task = s.SlurmTask
                 log = s.Log; error = s.LastError; dataset = s.Job.Dataset; algorithm = s.Job.Algorithm; test_envs = s.Job.TestEnvs
                 hparams_seed = s.Job.HparamsSeed; trial_seed = s.Job.TrialSeed; seed = s.Job.Seed } ] |}
 
@@ -308,7 +308,7 @@ let sweepReport (dir: string) =
           if s.State <> JobState.Done then
               let extra =
                   [ (if s.State = JobState.Incomplete then Some s.Progress else None)
-                    (if isNull s.Scheduler then None else Some("Slurm " + string s.Scheduler))
+                    Option.ofObj s.SchedulerText |> Option.map (fun t -> "Slurm " + t)
                     Option.ofObj s.LastError
                     (if isNull s.Log then None else Some("log: " + s.Log)) ]
                   |> List.choose id

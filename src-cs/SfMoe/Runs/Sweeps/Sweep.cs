@@ -13,9 +13,17 @@ namespace SfMoe.Runs.Sweeps;
 /// <param name="Scheduler">Slurm's state of the job's task in its last launch, when known.</param>
 /// <param name="Log">The job's output from its last launch (Slurm's per-task log or job.out), or null.</param>
 /// <param name="LastError">The last error line of that log, for jobs that are not done.</param>
+/// <param name="SlurmTask">"12_3": the array task of the job's last launch, when that was a Slurm one. Slurm keeps no
+/// record of a task cancelled while it was queued, nor (without accounting) of tasks finished more than MinJobAge ago:
+/// then <paramref name="Scheduler"/> is null.</param>
 public sealed record JobStatus(SweepJob Job, JobState State, bool Resumable, int Records, long? LastStep, SlurmTaskState? Scheduler,
-    string? Log, string? LastError)
+    string? Log, string? LastError, string? SlurmTask = null)
 {
+    /// <summary>Slurm's state in a few words: "RUNNING (12_3)", "no record of task 12_3", or null for jobs not launched
+    /// through Slurm.</summary>
+    public string? SchedulerText =>
+        Scheduler is { } t ? t.ToString() : SlurmTask is { } id && State != JobState.NotLaunched ? $"no record of task {id}" : null;
+
     /// <summary>Whether the scheduler still has the job's task queued or running.</summary>
     public bool Active => Scheduler?.Active == true;
 
@@ -80,15 +88,20 @@ public static class Sweep
         {
             var state = sweep.StateOf(job);
             SlurmTaskState? sched = null;
+            string? taskId = null;
             if (lastLaunch.TryGetValue(job.Id, out var l) && l.SlurmJobId is { } aid)
             {
                 int k = l.Jobs.ToList().IndexOf(job.Id);
+                taskId = $"{aid}_{k}";
                 tasks.TryGetValue((aid, k), out sched);
+                // A job whose folder was deleted after its task ended (delete-incomplete) is not launched: the old
+                // task's state does not describe it any more.
+                if (state == JobState.NotLaunched && sched is { Active: false }) sched = null;
             }
             var (records, last) = ReadProgress(Path.Combine(sweep.JobDirectory(job), Records.ResultsFileName));
             var log = state == JobState.NotLaunched && sched is null ? null : sweep.LogOf(job);
             string? error = state != JobState.Done && log is not null ? LastErrorLine(log) : null;
-            list.Add(new JobStatus(job, state, sweep.IsResumable(job), records, last, sched, log, error));
+            list.Add(new JobStatus(job, state, sweep.IsResumable(job), records, last, sched, log, error, taskId));
         }
         return new SweepStatus(sweep, list, notes, IsLocalLaunchRunning(sweep.Directory), queueError);
     }
