@@ -123,7 +123,7 @@ else
   cat > "$conf" <<EOF
 # Written by scripts/slurm-local.sh: a single-node cluster on $host.
 ClusterName=sfmoe-local
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$port
 SlurmdPort=$((port + 1))
 SlurmUser=root
@@ -150,7 +150,7 @@ JobCompType=jobcomp/none
 # Finished jobs stay visible to squeue --states=all for 10 minutes (there is no accounting database for sacct).
 MinJobAge=600
 MaxArraySize=100001
-$node State=UNKNOWN
+$node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 
