@@ -294,6 +294,7 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Bench of ParseResults<BenchArgs>
     | [<CliPrefix(CliPrefix.None)>] Import of ParseResults<InteropCommands.ImportArgs>
     | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<InteropCommands.ExportArgs>
+    | [<CliPrefix(CliPrefix.None)>] Sweep of ParseResults<SweepArgs.SweepArgs>
     | [<AltCommandLine("-V")>] Version
     interface IArgParserTemplate with
         member a.Usage =
@@ -310,6 +311,7 @@ type Command =
             | Bench _ -> "benchmarks (ratios measured side by side in one run)"
             | Import _ -> "pretrained weights (DeiT, timm, augreg .npz, SF-MoE-DG / GMoE model.pkl, torchvision) into an SfMoe model file, with a full key report"
             | Export _ -> "an SfMoe model file's weights for PyTorch (timm names; .safetensors or torch.save .pth)"
+            | Sweep _ -> "DomainBed sweeps: launch jobs locally, in parallel or as a Slurm job array; status, wait, delete-incomplete"
             | Version -> "print the version"
 
 /// JSON shape of `sfmoe pattern --json` (field order as documented).

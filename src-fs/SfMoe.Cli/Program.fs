@@ -20,6 +20,7 @@ let private error (msg: string) =
 let main argv =
     try
         let parser = ArgumentParser.Create<Command>(programName = "sfmoe")
+        let argv, trainArgs = SweepCommands.splitTrainArgs argv
         let results = parser.ParseCommandLine(argv, raiseOnUsage = true)
         if results.Contains Version then
             Console.WriteLine("sfmoe " + version)
@@ -31,13 +32,14 @@ let main argv =
             | Some(Models a) -> models a
             | Some(Summary a) -> summary a
             | Some(Train a) -> train a
-            | Some(Collect a) -> collect a
+            | Some(Collect a) -> SweepCommands.collect a
             | Some(Evaluate a) -> evaluate a
             | Some(Predict a) -> predict a
             | Some(Download a) -> download a
             | Some(Forward a) -> forward a
             | Some(Import a) -> InteropCommands.import a
             | Some(Export a) -> InteropCommands.export a
+            | Some(Sweep a) -> SweepCommands.sweep a trainArgs
             | Some(Bench b) ->
                 match b.TryGetSubCommand() with
                 | Some(BenchArgs.Moe a) -> benchMoe a
