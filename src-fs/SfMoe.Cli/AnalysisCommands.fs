@@ -305,7 +305,8 @@ let profile (a: ParseResults<ProfileArgs>) =
         let side (p: ModelProfile) =
             { name = p.Name; pattern = p.Pattern; img_size = p.ImageSize; total_params = p.TotalParameters
               active_params = p.ActiveParameters; total_macs = p.TotalMacs; parts = p.Parts; timings = p.Timings }
-        Console.WriteLine(json {| model = side m; dense_twin = side t |})
+        let opts = Text.Json.JsonSerializerOptions(PropertyNamingPolicy = Text.Json.JsonNamingPolicy.SnakeCaseLower)
+        Console.WriteLine(Text.Json.JsonSerializer.Serialize({| model = side m; dense_twin = side t |}, opts))
     else
         let mac (x: int64) = thousands x
         Console.WriteLine(sprintf "profile: %s (%s) and its dense twin (%s), %dx%d input" m.Name m.Pattern t.Pattern m.ImageSize m.ImageSize)
