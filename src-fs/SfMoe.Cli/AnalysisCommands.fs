@@ -247,15 +247,14 @@ let attention (a: ParseResults<AttentionArgs>) =
             Seed = a.GetResult(AttentionArgs.Seed, defaultValue = 0L),
             Device = a.GetResult(AttentionArgs.Device, defaultValue = "cpu"))
     let r = AttentionReport.Run(o, Action<string> log)
-    Console.WriteLine(sprintf "head redundancy (mean pairwise cosine similarity of the heads' CLS maps; S sparse, F fusion block) over %d images:" r.Images)
+    Console.WriteLine(sprintf "head redundancy over %d images: mean pairwise cosine similarity / correlation of the heads' CLS maps (S sparse, F fusion block):" r.Images)
     let depth = r.Models |> Seq.map (fun m -> m.PerBlock.Length) |> Seq.max
     table Console.Out
         [ yield "block" :: [ for m in r.Models -> m.Model ]
           for b in 0 .. depth - 1 ->
               string b
               :: [ for m in r.Models ->
-                       if b < m.PerBlock.Length then sprintf "%s %.3f" m.Kinds[b] m.PerBlock[b]
-                       else "" ] ]
+                       if b < m.PerBlock.Length then sprintf "%s %.3f / %.3f" m.Kinds[b] m.PerBlock[b] m.PatternPerBlock[b] else "" ] ]
     printFiles o.OutputDir r.Files
     0
 

@@ -128,6 +128,8 @@ let tests =
                 let v = [ for x in m.GetProperty("redundancy").EnumerateArray() -> x.GetDouble() ]
                 Expect.equal v.Length 4 "one value per block"
                 for x in v do Expect.isTrue (x > 0.0 && x <= 1.0 + 1e-9) "a similarity in (0, 1]"
+                let c = [ for x in m.GetProperty("pattern_correlation").EnumerateArray() -> x.GetDouble() ]
+                for x in c do Expect.isTrue (x >= -1.0 - 1e-9 && x <= 1.0 + 1e-9) "a correlation in [-1, 1]"
             Expect.isTrue (File.Exists(Path.Combine(o, "redundancy.md"))) "markdown"
             expectPng (Path.Combine(o, "redundancy.png")) 600 300
             let r2 = sfmoe [ "analyze"; "attention"; "--checkpoint"; model "sfmoe"; "--dataset"; "Synthetic"; "--max-images"; "2"; "--samples"; "2"; "--block"; "1"; "--output-dir"; out "attention-ds" ]

@@ -107,6 +107,13 @@ public class AnalysisTests : IDisposable
         Assert.Equal(1 / 3.0, AttentionMaps.Redundancy([b, b, [1, 0, 0, 0]]), 12);
         Assert.True(double.IsNaN(AttentionMaps.Redundancy([a])));
         Assert.Equal(1.0, AttentionMaps.Similarity(a, a.Select(v => 3 * v).ToArray()), 6);   // scale does not matter
+        // the pattern score ignores a uniform floor: two heads peaking on different patches of a diffuse map
+        float[] p = [0.3f, 0.2f, 0.25f, 0.25f], q = [0.2f, 0.3f, 0.25f, 0.25f];
+        Assert.True(AttentionMaps.Similarity(p, q) > 0.9);
+        Assert.Equal(-1.0, AttentionMaps.Correlation(p, q), 6);
+        Assert.Equal(1.0, AttentionMaps.PatternRedundancy([p, p.Select(v => v + 1).ToArray()]), 6);
+        Assert.Equal(1.0, AttentionMaps.Correlation([0.25f, 0.25f], [0.5f, 0.5f]));   // two flat maps: the same pattern
+        Assert.Equal(0.0, AttentionMaps.Correlation([0.25f, 0.25f], [0.1f, 0.9f]));
     }
 
     [Fact]

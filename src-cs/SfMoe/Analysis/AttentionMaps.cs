@@ -40,8 +40,39 @@ public static class AttentionMaps
     }
 
     /// <summary>
+    /// Pearson correlation of two maps: their cosine similarity after subtracting each map's mean, so a uniform floor of
+    /// attention does not count as agreement. 1 for identical maps; two flat maps count as 1 (the same pattern), a flat
+    /// map and a varying one as 0.
+    /// </summary>
+    public static double Correlation(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    {
+        if (a.Length != b.Length) throw new ArgumentException($"maps differ in length: {a.Length} and {b.Length}");
+        double ma = 0, mb = 0;
+        for (int i = 0; i < a.Length; i++) { ma += a[i]; mb += b[i]; }
+        ma /= Math.Max(1, a.Length); mb /= Math.Max(1, b.Length);
+        double ab = 0, aa = 0, bb = 0;
+        for (int i = 0; i < a.Length; i++) { double x = a[i] - ma, y = b[i] - mb; ab += x * y; aa += x * x; bb += y * y; }
+        const double flat = 1e-18;
+        if (aa <= flat && bb <= flat) return 1;
+        if (aa <= flat || bb <= flat) return 0;
+        return ab / Math.Sqrt(aa * bb);
+    }
+
+    /// <summary>The mean Pearson <see cref="Correlation"/> over all pairs of heads (NaN with fewer than two heads): how
+    /// much the heads agree on <i>where</i> they look, regardless of how diffuse their attention is.</summary>
+    public static double PatternRedundancy(IReadOnlyList<float[]> heads)
+    {
+        if (heads.Count < 2) return double.NaN;
+        double s = 0; int n = 0;
+        for (int i = 0; i < heads.Count; i++)
+            for (int j = i + 1; j < heads.Count; j++) { s += Correlation(heads[i], heads[j]); n++; }
+        return s / n;
+    }
+
+    /// <summary>
     /// Head redundancy: the mean cosine similarity over all pairs of heads' maps (1: every head looks at the same
-    /// patches; lower: the heads attend to different places). NaN with fewer than two heads.
+    /// patches; lower: the heads attend to different places). NaN with fewer than two heads. Near-uniform maps (an untrained
+    /// model, diffuse heads) score near 1 here; <see cref="PatternRedundancy"/> tells those apart.
     /// </summary>
     public static double Redundancy(IReadOnlyList<float[]> heads)
     {

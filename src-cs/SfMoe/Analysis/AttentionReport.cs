@@ -39,7 +39,9 @@ public sealed class AttentionReportOptions
 /// <param name="Model">The model's name.</param>
 /// <param name="PerBlock">Mean pairwise cosine similarity of the heads' CLS maps, per block.</param>
 /// <param name="Kinds">"S" or "F" per block.</param>
-public sealed record ModelRedundancy(string Model, double[] PerBlock, IReadOnlyList<string> Kinds);
+/// <param name="PatternPerBlock">Mean pairwise Pearson correlation of the heads' maps, per block (see
+/// <see cref="AttentionMaps.PatternRedundancy"/>).</param>
+public sealed record ModelRedundancy(string Model, double[] PerBlock, IReadOnlyList<string> Kinds, double[] PatternPerBlock);
 
 /// <summary>
 /// Attention analysis, as SF-MoE's Figure 3: per model, the CLS token's attention over the patches per head in one block,
@@ -116,6 +118,7 @@ public sealed class AttentionReport
             int block = o.Block < 0 ? probe.Depth + o.Block : o.Block;
             if (block < 0 || block >= probe.Depth) throw new SfMoeException($"--block {o.Block}: {probe.Name} has blocks 0..{probe.Depth - 1}");
             var sums = new double[probe.Depth];
+            var corr = new double[probe.Depth];
             int count = 0;
             for (int start = 0; start < all.Count; start += o.BatchSize)
             {
@@ -123,7 +126,11 @@ public sealed class AttentionReport
                 var r = probe.Probe(batch.Select(t => t.Image).ToArray(), attention: true, routing: false, ds?.Spec);
                 for (int b = 0; b < probe.Depth; b++)
                     for (int i = 0; i < r.Batch; i++)
-                        sums[b] += AttentionMaps.Redundancy(Enumerable.Range(0, r.Heads).Select(h => r.ClsMap(b, i, h)).ToArray());
+                    {
+                        var maps = Enumerable.Range(0, r.Heads).Select(h => r.ClsMap(b, i, h)).ToArray();
+                        sums[b] += AttentionMaps.Redundancy(maps);
+                        corr[b] += AttentionMaps.PatternRedundancy(maps);
+                    }
                 count += r.Batch;
                 for (int i = 0; i < r.Batch && start + i < drawn; i++)
                 {
@@ -135,14 +142,15 @@ public sealed class AttentionReport
                         .SavePng(Out($"attention_{Safe(probe.Name)}_{fileNames[start + i]}.png"));
                 }
             }
-            results.Add(new ModelRedundancy(probe.Name, sums.Select(s => s / count).ToArray(), probe.Kinds));
-            log?.Invoke($"{probe.Name}: {count} images, head redundancy of blocks.{block} {F(sums[block] / count)}");
+            results.Add(new ModelRedundancy(probe.Name, sums.Select(s => s / count).ToArray(), probe.Kinds, corr.Select(s => s / count).ToArray()));
+            log?.Invoke($"{probe.Name}: {count} images, head redundancy of blocks.{block}: cosine {F(sums[block] / count)}, pattern correlation {F(corr[block] / count)}");
         }
         var report = new AttentionReport(results, all.Count, files);
         var json = new JsonObject
         {
             ["images"] = all.Count,
-            ["measure"] = "mean over images of the mean pairwise cosine similarity between the heads' CLS-to-patch attention maps",
+            ["measure"] = "redundancy: mean over images of the mean pairwise cosine similarity between the heads' CLS-to-patch attention maps; " +
+                          "pattern_correlation: the same with the Pearson correlation (each map minus its mean)",
             ["models"] = new JsonArray(results.Select((m, i) => (JsonNode)new JsonObject
             {
                 ["model"] = m.Model,
@@ -151,16 +159,22 @@ public sealed class AttentionReport
                 ["heads"] = probes[i].Heads,
                 ["kinds"] = new JsonArray(m.Kinds.Select(k => (JsonNode?)k).ToArray()),
                 ["redundancy"] = new JsonArray(m.PerBlock.Select(v => (JsonNode?)JsonValue.Create(double.IsFinite(v) ? Math.Round(v, 6) : (double?)null)).ToArray()),
+                ["pattern_correlation"] = new JsonArray(m.PatternPerBlock.Select(v => (JsonNode?)JsonValue.Create(double.IsFinite(v) ? Math.Round(v, 6) : (double?)null)).ToArray()),
             }).ToArray()),
         };
         File.WriteAllText(Out("redundancy.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        var sb = new StringBuilder($"# Head redundancy\n\nMean pairwise cosine similarity of the heads' CLS-to-patch attention maps, averaged over {all.Count} images ");
-        sb.Append("(1: all heads attend to the same patches). Sparse blocks are marked S.\n\n");
+        var sb = new StringBuilder($"# Head redundancy\n\nPer block, the mean over {all.Count} images of the mean pairwise similarity of the heads' ");
+        sb.Append("CLS-to-patch attention maps: cosine similarity (1: all heads attend to the same patches; diffuse, near-uniform maps also score near 1) ");
+        sb.Append("and Pearson correlation (the maps minus their means: agreement on where the heads look). Sparse blocks are marked S.\n\n");
         int depth = results.Max(m => m.PerBlock.Length);
-        sb.Append(Table(new[] { "block" }.Concat(results.Select(m => m.Model)).ToArray(),
+        var header = new[] { "block" }.Concat(results.SelectMany(m => new[] { $"{m.Model} cosine", $"{m.Model} correlation" })).ToArray();
+        sb.Append(Table(header,
             Enumerable.Range(0, depth).Select(b => (IReadOnlyList<string>)new[] { b.ToString() }
-                .Concat(results.Select(m => b < m.PerBlock.Length ? F(m.PerBlock[b]) + (m.Kinds[b] == "S" ? " (S)" : "") : "")).ToArray())));
-        sb.Append("\n| mean |").Append(string.Join("", results.Select(m => $" {F(m.PerBlock.Where(double.IsFinite).DefaultIfEmpty(double.NaN).Average())} |"))).Append('\n');
+                .Concat(results.SelectMany(m => b < m.PerBlock.Length
+                    ? new[] { F(m.PerBlock[b]) + (m.Kinds[b] == "S" ? " (S)" : ""), F(m.PatternPerBlock[b]) }
+                    : new[] { "", "" })).ToArray())));
+        static double Mean(double[] v) => v.Where(double.IsFinite).DefaultIfEmpty(double.NaN).Average();
+        sb.Append("| mean |").Append(string.Join("", results.Select(m => $" {F(Mean(m.PerBlock))} | {F(Mean(m.PatternPerBlock))} |"))).Append('\n');
         File.WriteAllText(Out("redundancy.md"), sb.ToString());
         Plots.Redundancy(results).SavePng(Out("redundancy.png"));
         return report;

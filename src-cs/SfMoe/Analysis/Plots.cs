@@ -345,26 +345,37 @@ public static class Plots
         return new Figure(panels, 2, 720, 400, $"{runs.Count} runs compared");
     }
 
-    /// <summary>Head redundancy per block, one series per model (lower: heads attend to different patches).</summary>
+    /// <summary>Head redundancy per block, one series per model (lower: heads attend to different patches): the cosine
+    /// similarity of the heads' maps and their Pearson correlation, side by side.</summary>
     public static Figure Redundancy(IReadOnlyList<ModelRedundancy> models)
     {
-        var p = NewPlot("head redundancy: mean pairwise cosine similarity of the CLS attention maps", "block", "mean similarity between heads");
-        int depth = 0;
-        for (int i = 0; i < models.Count; i++)
+        var panels = new[]
         {
-            var (name, v, kinds) = models[i];
-            depth = Math.Max(depth, v.Length);
-            Series(p, Enumerable.Range(0, v.Length).Select(b => (double)b).ToArray(), v, name, PlotStyle.SeriesColor(i));
-            var sparse = Enumerable.Range(0, v.Length).Where(b => b < kinds.Count && kinds[b] == "S" && double.IsFinite(v[b])).ToArray();
-            if (sparse.Length > 0)
+            ("cosine similarity of the heads' CLS attention maps", "mean pairwise cosine similarity", (Func<ModelRedundancy, double[]>)(m => m.PerBlock), 0.0),
+            ("correlation of the heads' maps (each minus its mean)", "mean pairwise correlation", m => m.PatternPerBlock, -1.0),
+        }.Select(spec =>
+        {
+            var (title, y, get, lo) = spec;
+            var p = NewPlot(title, "block", y);
+            int depth = 0;
+            for (int i = 0; i < models.Count; i++)
             {
-                var m = p.Add.Markers(sparse.Select(b => (double)b).ToArray(), sparse.Select(b => v[b]).ToArray(), MarkerShape.OpenSquare, 14, PlotStyle.SeriesColor(i));
-                m.LegendText = $"{name}: sparse blocks";
+                var m = models[i];
+                var v = get(m);
+                depth = Math.Max(depth, v.Length);
+                Series(p, Enumerable.Range(0, v.Length).Select(b => (double)b).ToArray(), v, m.Model, PlotStyle.SeriesColor(i));
+                var sparse = Enumerable.Range(0, v.Length).Where(b => b < m.Kinds.Count && m.Kinds[b] == "S" && double.IsFinite(v[b])).ToArray();
+                if (sparse.Length > 0)
+                {
+                    var mk = p.Add.Markers(sparse.Select(b => (double)b).ToArray(), sparse.Select(b => v[b]).ToArray(), MarkerShape.OpenSquare, 14, PlotStyle.SeriesColor(i));
+                    mk.LegendText = $"{m.Model}: sparse blocks";
+                }
             }
-        }
-        p.Axes.Bottom.SetTicks(Enumerable.Range(0, depth).Select(b => (double)b).ToArray(), Enumerable.Range(0, depth).Select(b => b.ToString(CultureInfo.InvariantCulture)).ToArray());
-        p.Axes.SetLimitsY(0, 1.05);
-        p.ShowLegend(Alignment.LowerLeft);
-        return new Figure([p], 1, 760, 440);
+            p.Axes.Bottom.SetTicks(Enumerable.Range(0, depth).Select(b => (double)b).ToArray(), Enumerable.Range(0, depth).Select(b => b.ToString(CultureInfo.InvariantCulture)).ToArray());
+            p.Axes.SetLimitsY(lo, 1.05);
+            p.ShowLegend(Edge.Bottom);
+            return p;
+        }).ToArray();
+        return new Figure(panels, 2, 640, 480, "head redundancy per block");
     }
 }
