@@ -213,7 +213,7 @@ public sealed class AttributeReport
             sb.Append(Table(new[] { "attribute", "n" }.Concat(experts).ToArray(),
                 h.Attributes.Select((a, i) => (IReadOnlyList<string>)new[] { a, h.KeypointCounts[i].ToString() }.Concat(norm[i].Select(v => F(v, "0.00"))).ToArray())));
             Plots.Heatmap(h.Normalized, h.Attributes.Select((a, i) => $"{a} ({h.KeypointCounts[i]})").ToArray(), experts,
-                    $"{probe.Name}, blocks.{block}: top-1 expert per attribute ({o.PatchesPerKeypoint} nearest patches per keypoint)",
+                    $"{probe.Name}, blocks.{block}: top-1 expert per attribute ({o.PatchesPerKeypoint} nearest patch{(o.PatchesPerKeypoint == 1 ? "" : "es")} per keypoint)",
                     "expert", "attribute (keypoints)", "fraction of the attribute's patches")
                 .SavePng(Out($"attributes_block{block}.png"));
         }
