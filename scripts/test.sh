@@ -49,5 +49,57 @@ else
   add 0 1 0
 fi
 
+echo "== notebooks (dotnet repl, headless)"
+# One test per notebook (it passes when every cell ran without error: dotnet-repl exits 2 on a failing cell and keeps
+# running the later ones) and one that the committed notebooks carry no outputs. They load the Release build.
+notebooks=(notebooks/*.ipynb)
+stripped=1
+for nb in "${notebooks[@]}"; do
+  if grep -q '"execution_count": [0-9]' "$nb" || grep -q '"output_type"' "$nb"; then
+    echo "FAILED: $nb is committed with outputs (clear them before committing)"
+    stripped=0
+  fi
+done
+if [ "$stripped" -eq 1 ]; then add 1 0 0; else add 0 1 0; fi
+if [ "$config" != "Release" ]; then
+  echo "notebooks load the Release build: skipped with SFMOE_TEST_CONFIGURATION=$config"
+  add 0 0 "${#notebooks[@]}"
+elif ! dotnet tool restore >"$work/tool-restore.log" 2>&1; then
+  cat "$work/tool-restore.log"
+  echo "FAILED: dotnet tool restore (dotnet-repl, see .config/dotnet-tools.json)"
+  add 0 "${#notebooks[@]}" 0
+else
+  for nb in "${notebooks[@]}"; do
+    name=$(basename "$nb" .ipynb)
+    trx="$work/nb-$name.trx"
+    start=$(date +%s)
+    (cd notebooks && timeout 900 dotnet repl --run "$name.ipynb" --exit-after-run --output-format trx --output-path "$trx" \
+      < /dev/null > "$work/nb-$name.log" 2>&1)
+    rc=$?
+    secs=$(( $(date +%s) - start ))
+    cells=0; bad=0
+    if [ -f "$trx" ]; then
+      cells=$(grep -o '<UnitTestResult ' "$trx" | wc -l)
+      bad=$(grep -o 'outcome="Failed"' "$trx" | wc -l)
+    fi
+    if [ "$rc" -eq 0 ] && [ -f "$trx" ] && [ "$bad" -eq 0 ]; then
+      echo "passed: $nb ($cells cells, ${secs}s)"
+      add 1 0 0
+    else
+      echo "FAILED: $nb (exit code $rc, $bad of $cells cells failed, ${secs}s)"
+      if [ -f "$trx" ]; then
+        # the failing cells' first lines, then their errors (the TRX lacks F# errors: run again writing a notebook)
+        tr -d '\r' < "$trx" | grep -o 'testName="[^"]*"[^>]*outcome="Failed"' | sed 's/" .*//; s/testName="/  /' | head -20
+        (cd notebooks && timeout 900 dotnet repl --run "$name.ipynb" --exit-after-run --output-format ipynb \
+          --output-path "$work/nb-$name.out.ipynb" < /dev/null > /dev/null 2>&1)
+        grep -h '"evalue"' "$work/nb-$name.out.ipynb" 2>/dev/null | cut -c1-600 | head -20
+      else
+        tail -40 "$work/nb-$name.log"
+      fi
+      add 0 1 0
+    fi
+  done
+fi
+
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -295,6 +295,9 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Import of ParseResults<InteropCommands.ImportArgs>
     | [<CliPrefix(CliPrefix.None)>] Export of ParseResults<InteropCommands.ExportArgs>
     | [<CliPrefix(CliPrefix.None)>] Sweep of ParseResults<SweepArgs.SweepArgs>
+    | [<CliPrefix(CliPrefix.None)>] Analyze of ParseResults<AnalysisCommands.AnalyzeArgs>
+    | [<CliPrefix(CliPrefix.None)>] Plot of ParseResults<AnalysisCommands.PlotArgs>
+    | [<CliPrefix(CliPrefix.None)>] Profile of ParseResults<AnalysisCommands.ProfileArgs>
     | [<AltCommandLine("-V")>] Version
     interface IArgParserTemplate with
         member a.Usage =
@@ -312,6 +315,9 @@ type Command =
             | Import _ -> "pretrained weights (DeiT, timm, augreg .npz, SF-MoE-DG / GMoE model.pkl, torchvision) into an SfMoe model file, with a full key report"
             | Export _ -> "an SfMoe model file's weights for PyTorch (timm names; .safetensors or torch.save .pth)"
             | Sweep _ -> "DomainBed sweeps: launch jobs locally, in parallel or as a Slurm job array; status, wait, delete-incomplete"
+            | Analyze _ -> "look inside a trained model: routing, expert vs attribute, attention maps (PNG, JSON, markdown)"
+            | Plot _ -> "training curves of runs from their results.jsonl (PNG)"
+            | Profile _ -> "parameters, active parameters, MACs per block, forward/step time and peak memory, next to the dense twin"
             | Version -> "print the version"
 
 /// JSON shape of `sfmoe pattern --json` (field order as documented).

@@ -40,6 +40,15 @@ let main argv =
             | Some(Import a) -> InteropCommands.import a
             | Some(Export a) -> InteropCommands.export a
             | Some(Sweep a) -> SweepCommands.sweep a trainArgs
+            | Some(Analyze b) ->
+                match b.TryGetSubCommand() with
+                | Some(AnalysisCommands.Routing a) -> AnalysisCommands.routing a
+                | Some(AnalysisCommands.Attributes a) -> AnalysisCommands.attributes a
+                | Some(AnalysisCommands.Attention a) -> AnalysisCommands.attention a
+                | Some(AnalysisCommands.Cub_Keypoints a) -> AnalysisCommands.cubKeypoints a
+                | None -> error "analyze needs an analysis: routing, attributes, attention or cub-keypoints (see 'sfmoe analyze --help')"
+            | Some(Plot a) -> AnalysisCommands.plot a
+            | Some(Profile a) -> AnalysisCommands.profile a
             | Some(Bench b) ->
                 match b.TryGetSubCommand() with
                 | Some(BenchArgs.Moe a) -> benchMoe a

@@ -1,0 +1,228 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using SfMoe.Core;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace SfMoe.Analysis;
+
+/// <summary>One row of a profile: a part of the model (embedding, a block, norm, head).</summary>
+/// <param name="Name">State-dict prefix, e.g. <c>blocks.3</c>.</param>
+/// <param name="Kind">"S", "F", or what the part is.</param>
+/// <param name="Parameters">Parameters.</param>
+/// <param name="ActiveParameters">Parameters used per token (a sparse block: router + k of its E experts).</param>
+/// <param name="Macs">Multiply-accumulates per image (a sparse block counts its router and k experts per token).</param>
+public sealed record ProfilePart(string Name, string Kind, long Parameters, long ActiveParameters, long Macs);
+
+/// <summary>Timings and peak memory of one model (absent when not measured).</summary>
+/// <param name="BatchSize">Images per batch.</param>
+/// <param name="Threads">CPU threads.</param>
+/// <param name="ForwardMs">Median forward pass in eval mode without gradients, per batch.</param>
+/// <param name="TrainStepMs">Median training step (forward, backward, Adam), per batch.</param>
+/// <param name="PeakMemoryGb">Peak resident memory of the process while the model alone was built and ran a training step
+/// and a forward pass (GiB; on Linux the peak mark is reset before each model, so the two figures are comparable).</param>
+/// <param name="BaselineMemoryGb">Resident memory before the model was built (GiB).</param>
+public sealed record ProfileTimings(int BatchSize, int Threads, double ForwardMs, double TrainStepMs, double PeakMemoryGb, double BaselineMemoryGb);
+
+/// <summary>The profile of one model.</summary>
+public sealed record ModelProfile(string Name, string Pattern, int ImageSize, IReadOnlyList<ProfilePart> Parts, ProfileTimings? Timings)
+{
+    /// <summary>Total parameters.</summary>
+    public long TotalParameters => Parts.Sum(p => p.Parameters);
+    /// <summary>Parameters used per token.</summary>
+    public long ActiveParameters => Parts.Sum(p => p.ActiveParameters);
+    /// <summary>Multiply-accumulates per image.</summary>
+    public long TotalMacs => Parts.Sum(p => p.Macs);
+}
+
+/// <summary>A model's profile next to its dense twin's.</summary>
+public sealed record ProfileComparison(ModelProfile Model, ModelProfile DenseTwin);
+
+/// <summary>
+/// Efficiency report: parameters (total and active per token), multiply-accumulates per block (the closed forms of
+/// <c>Summary.table</c>), measured forward and training-step time and peak memory, for a model and its dense twin (the
+/// same model with every block a fusion block).
+/// </summary>
+public static class ModelProfiler
+{
+    static ModelProfiler() { Native.ensure(); }
+
+    /// <summary>A registry model's or a JSON config's settings with optional overrides.</summary>
+    internal static Config.VitConfig ConfigOf(string? model, string? configJson, string? pattern, int? imageSize, int? numClasses)
+    {
+        if ((model is null) == (configJson is null)) throw new SfMoeException("give a model name or a model config, not both or neither");
+        Config.VitConfig c;
+        if (model is not null)
+        {
+            var r = Registry.tryCreate(model);
+            if (r.IsError) throw new SfMoeException(r.ErrorValue);
+            c = r.ResultValue;
+        }
+        else
+        {
+            try { c = ConfigJson.parse(Microsoft.FSharp.Core.FuncConvert.FromFunc<string, Microsoft.FSharp.Core.FSharpResult<Config.VitConfig, string>>(Registry.tryCreate), configJson!); }
+            catch (ConfigJson.ConfigException e) { throw new SfMoeException(e.Data0, e); }
+        }
+        Core.Pattern.Pattern? p = null;
+        if (pattern is not null)
+        {
+            var pr = Core.Pattern.resolve(pattern);
+            if (pr.IsError) throw new SfMoeException(pr.ErrorValue.ToString());
+            p = pr.ResultValue;
+        }
+        c = SfMoeModel.With(c, p, numClasses, imageSize);
+        var v = Config.VitConfigModule.validate(c);
+        if (v.IsError) throw new SfMoeException(v.ErrorValue);
+        return v.ResultValue;
+    }
+
+    /// <summary>The dense twin: the same config with every block a fusion block.</summary>
+    internal static Config.VitConfig DenseTwin(Config.VitConfig c) =>
+        SfMoeModel.With(c, Core.Pattern.parseOrFail($"Fx{c.Depth}"));
+
+    /// <summary>Per-part parameters, active parameters and MACs of a config (<c>Summary.table</c>).</summary>
+    internal static IReadOnlyList<ProfilePart> Table(Config.VitConfig c) =>
+        Summary.table(c).Select(t => new ProfilePart(t.Item1, t.Item2, t.Item3, t.Item4, t.Item5)).ToArray();
+
+    /// <summary>The static part of the profile (no measurement) of a registry model or JSON config.</summary>
+    public static ProfileComparison Describe(string? model = null, string? configJson = null, string? pattern = null, int? imageSize = null)
+    {
+        var c = ConfigOf(model, configJson, pattern, imageSize, null);
+        var name = model ?? "config";
+        return new ProfileComparison(Make(name, c, null), Make(name + " (dense twin)", DenseTwin(c), null));
+    }
+
+    static ModelProfile Make(string name, Config.VitConfig c, ProfileTimings? t) =>
+        new(name, Core.Pattern.print(c.Pattern), c.ImgSize, Table(c), t);
+
+    /// <summary>
+    /// Profiles a registry model (or a JSON config) and its dense twin: the closed-form table and, with
+    /// <paramref name="repeats"/> &gt; 0, measured forward and training-step times (medians after <paramref name="warmup"/>
+    /// untimed runs, the two models interleaved so both see the same machine load) and the peak memory of each alone.
+    /// </summary>
+    public static ProfileComparison Profile(string? model = null, string? configJson = null, string? pattern = null,
+        int? imageSize = null, int batchSize = 8, int warmup = 2, int repeats = 5, string device = "cpu")
+    {
+        if (batchSize < 1) throw new SfMoeException($"batch size must be >= 1, got {batchSize}");
+        var c = ConfigOf(model, configJson, pattern, imageSize, null);
+        var twin = DenseTwin(c);
+        var name = model ?? "config";
+        if (repeats < 1) return new ProfileComparison(Make(name, c, null), Make(name + " (dense twin)", twin, null));
+        var dd = Tensors.DdModule.parse(device);
+        if (dd.IsError) throw new SfMoeException(dd.ErrorValue);
+        var (tm, tt) = Measure(c, twin, dd.ResultValue, batchSize, warmup, repeats);
+        return new ProfileComparison(Make(name, c, tm), Make(name + " (dense twin)", twin, tt));
+    }
+
+    /// <summary>A model, its optimizer and a random batch, ready to time.</summary>
+    sealed class Bench : IDisposable
+    {
+        public readonly Vit.SfMoeVit Model;
+        readonly Train.Learner _learner;
+        readonly Tensor _x, _y;
+        readonly Microsoft.FSharp.Collections.FSharpList<Tensor> _xs, _ys;
+
+        public Bench(Config.VitConfig c, Tensors.Dd dd, int batch)
+        {
+            Model = new Vit.SfMoeVit(c, dd, 0L);
+            _learner = new Train.Learner(Train.Network.NewVitNet(Model), Train.AlgorithmKind.SfMoeAlg, Optim.Kind.AdamL2, 1e-5, 0.0, 0L, dd);
+            using var gen = new Generator(0, dd.Device);
+            _x = torch.randn(new long[] { batch, c.InChans, c.ImgSize, c.ImgSize }, generator: gen).to(dd.Device);
+            _y = torch.randint(c.NumClasses, new long[] { batch }, generator: gen).to(dd.Device);
+            _xs = Microsoft.FSharp.Collections.ListModule.OfSeq(new[] { _x });
+            _ys = Microsoft.FSharp.Collections.ListModule.OfSeq(new[] { _y });
+        }
+
+        public void Step() { using var s = NewDisposeScope(); _learner.Update(_xs, _ys); }
+
+        public void Forward()
+        {
+            using var s = NewDisposeScope();
+            using var _ = no_grad();
+            bool was = Model.training;
+            Model.eval();
+            using (var o = Model.Run(_x)) { }
+            if (was) Model.train();
+        }
+
+        public void Dispose() { ((IDisposable)_learner).Dispose(); _x.Dispose(); _y.Dispose(); Model.Dispose(); }
+    }
+
+    /// <summary>
+    /// Peak memory of each model alone (built, one training step, one forward; the peak mark reset before each), then
+    /// the timings with both models alive, interleaved step by step so both see the same machine load.
+    /// </summary>
+    static (ProfileTimings, ProfileTimings) Measure(Config.VitConfig a, Config.VitConfig b, Tensors.Dd dd, int batch, int warmup, int repeats)
+    {
+        (double Peak, double Baseline) Mem(Config.VitConfig c)
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+            Memory.Trim();
+            double baseline = Memory.CurrentRssGb();
+            Memory.ResetPeak();
+            using (var m = new Bench(c, dd, batch)) { m.Step(); m.Forward(); }
+            return (Memory.PeakRssGb(), baseline);
+        }
+        Mem(b);   // first use: libtorch's one-time allocations (thread pools, kernels) would land on the first model
+        var ma = Mem(a);
+        var mb = Mem(b);
+        using var ba = new Bench(a, dd, batch);
+        using var bb = new Bench(b, dd, batch);
+        double Time(Action f)
+        {
+            var sw = Stopwatch.StartNew();
+            f();
+            if (dd.Device.type == DeviceType.CUDA) torch.cuda.synchronize();
+            return sw.Elapsed.TotalMilliseconds;
+        }
+        for (int i = 0; i < warmup; i++) { ba.Step(); bb.Step(); ba.Forward(); bb.Forward(); }
+        var ts = new List<double>[4];
+        for (int k = 0; k < 4; k++) ts[k] = [];
+        for (int i = 0; i < repeats; i++)
+        {
+            ts[0].Add(Time(ba.Step)); ts[1].Add(Time(bb.Step));
+            ts[2].Add(Time(ba.Forward)); ts[3].Add(Time(bb.Forward));
+        }
+        static double Median(List<double> v)
+        {
+            v.Sort();
+            return v.Count % 2 == 1 ? v[v.Count / 2] : (v[v.Count / 2 - 1] + v[v.Count / 2]) / 2;
+        }
+        int threads = torch.get_num_threads();
+        return (new ProfileTimings(batch, threads, Median(ts[2]), Median(ts[0]), ma.Peak, ma.Baseline),
+                new ProfileTimings(batch, threads, Median(ts[3]), Median(ts[1]), mb.Peak, mb.Baseline));
+    }
+
+    /// <summary>Process memory on Linux (/proc/self); other systems report the .NET process counters.</summary>
+    static class Memory
+    {
+        [DllImport("libc", EntryPoint = "malloc_trim")]
+        static extern int MallocTrim(UIntPtr pad);
+
+        public static void Trim()
+        {
+            if (!OperatingSystem.IsLinux()) return;
+            try { MallocTrim(UIntPtr.Zero); } catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { }
+        }
+
+        /// <summary>Resets the kernel's peak-RSS mark (VmHWM) to the current RSS.</summary>
+        public static void ResetPeak()
+        {
+            if (!OperatingSystem.IsLinux()) return;
+            try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        }
+
+        static double? Status(string key)
+        {
+            if (!OperatingSystem.IsLinux()) return null;
+            foreach (var line in File.ReadLines("/proc/self/status"))
+                if (line.StartsWith(key + ":", StringComparison.Ordinal))
+                    return double.Parse(line[(key.Length + 1)..].Trim().Split(' ')[0]) * 1024 / (1L << 30);
+            return null;
+        }
+
+        public static double CurrentRssGb() => Status("VmRSS") ?? Process.GetCurrentProcess().WorkingSet64 / (double)(1L << 30);
+        public static double PeakRssGb() => Status("VmHWM") ?? Process.GetCurrentProcess().PeakWorkingSet64 / (double)(1L << 30);
+    }
+}
