@@ -25,7 +25,8 @@ let gshard (groups: int64) (probs: Tensor) (top1: Tensor) : Tensor =
 let cv2 (v: Tensor) : Tensor =
     use var = v.var()
     use mean = v.mean()
-    use m2 = mean.square().add_(Scalars.constant 1e-10, Scalars.one)
+    // mean * mean, not mean.square(): TorchSharp's square() is pow(2) with a temporary Scalar (see Scalars).
+    use m2 = (mean * mean).add_(Scalars.constant 1e-10, Scalars.one)
     var / m2
 
 /// tutel / GMoE load + importance loss over all S tokens. `logits` (S, E) clean, `noisyLogits` (S, E) (equal to
