@@ -162,7 +162,7 @@ public sealed class AttentionReport
                 ["pattern_correlation"] = new JsonArray(m.PatternPerBlock.Select(v => (JsonNode?)JsonValue.Create(double.IsFinite(v) ? Math.Round(v, 6) : (double?)null)).ToArray()),
             }).ToArray()),
         };
-        File.WriteAllText(Out("redundancy.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        AtomicFile.WriteAllText(Out("redundancy.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         var sb = new StringBuilder($"# Head redundancy\n\nPer block, the mean over {all.Count} images of the mean pairwise similarity of the heads' ");
         sb.Append("CLS-to-patch attention maps: cosine similarity (1: all heads attend to the same patches; diffuse, near-uniform maps also score near 1) ");
         sb.Append("and Pearson correlation (the maps minus their means: agreement on where the heads look). Sparse blocks are marked S.\n\n");
@@ -175,7 +175,7 @@ public sealed class AttentionReport
                     : new[] { "", "" })).ToArray())));
         static double Mean(double[] v) => v.Where(double.IsFinite).DefaultIfEmpty(double.NaN).Average();
         sb.Append("| mean |").Append(string.Join("", results.Select(m => $" {F(Mean(m.PerBlock))} | {F(Mean(m.PatternPerBlock))} |"))).Append('\n');
-        File.WriteAllText(Out("redundancy.md"), sb.ToString());
+        AtomicFile.WriteAllText(Out("redundancy.md"), sb.ToString());
         Plots.Redundancy(results).SavePng(Out("redundancy.png"));
         return report;
     }

@@ -201,7 +201,7 @@ public sealed class AttributeReport
                 return (JsonNode)new JsonObject { ["block"] = t.Block, ["attributes"] = attrs };
             }).ToArray()),
         };
-        File.WriteAllText(Out("attributes.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        AtomicFile.WriteAllText(Out("attributes.json"), json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         var sb = new StringBuilder();
         sb.Append($"# Expert vs attribute: {probe.Name} on {source}\n\n");
         sb.Append($"{images} images, {keypoints} keypoints; each keypoint counts the top-1 experts of its {o.PatchesPerKeypoint} nearest patches ");
@@ -217,7 +217,7 @@ public sealed class AttributeReport
                     "expert", "attribute (keypoints)", "fraction of the attribute's patches")
                 .SavePng(Out($"attributes_block{block}.png"));
         }
-        File.WriteAllText(Out("attributes.md"), sb.ToString());
+        AtomicFile.WriteAllText(Out("attributes.md"), sb.ToString());
         return report;
     }
 }

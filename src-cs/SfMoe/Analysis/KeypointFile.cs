@@ -94,9 +94,7 @@ public sealed class KeypointFile
             foreach (var p in v.Points) o[p.Part] = new JsonArray((double)p.X, (double)p.Y);
             root[key] = o;
         }
-        var dir = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (dir is not null) Directory.CreateDirectory(dir);
-        File.WriteAllText(path, root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        AtomicFile.WriteAllText(path, root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 
     /// <summary>

@@ -63,13 +63,8 @@ public sealed class Figure
         return data.ToArray();
     }
 
-    /// <summary>Writes the figure as a PNG file (creating its folder).</summary>
-    public void SavePng(string path)
-    {
-        var dir = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (dir is not null) Directory.CreateDirectory(dir);
-        File.WriteAllBytes(path, ToPng());
-    }
+    /// <summary>Writes the figure as a PNG file (creating its folder; a temporary file renamed, never half-written).</summary>
+    public void SavePng(string path) => AtomicFile.WriteAllBytes(path, ToPng());
 
     /// <summary>An HTML &lt;img&gt; with the PNG inline (for notebooks).</summary>
     public string ToHtml() => $"<img src=\"data:image/png;base64,{Convert.ToBase64String(ToPng())}\" width=\"{Width}\" />";

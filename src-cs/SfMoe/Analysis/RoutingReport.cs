@@ -91,8 +91,8 @@ public sealed class RoutingReport
         var files = new List<string>();
         string Out(string f) { var p = Path.Combine(o.OutputDir, f); files.Add(p); return p; }
         var report = new RoutingReport(probe.Name, ds.Spec.Name, n, stats, files);
-        File.WriteAllText(Out("routing.json"), report.ToJson(probe, o).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        File.WriteAllText(Out("routing.md"), report.ToMarkdown(probe, o));
+        AtomicFile.WriteAllText(Out("routing.json"), report.ToJson(probe, o).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        AtomicFile.WriteAllText(Out("routing.md"), report.ToMarkdown(probe, o));
         new Figure(stats.Select(Plots.LoadBars).ToArray(), Math.Min(2, stats.Length), 640, 420, $"expert load: {probe.Name} on {ds.Spec.Name} ({o.Split} split, {n} images)")
             .SavePng(Out("load.png"));
         var experts = Enumerable.Range(0, probe.NumExperts).Select(e => $"e{e}").ToArray();

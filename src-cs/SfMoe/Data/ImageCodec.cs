@@ -125,8 +125,8 @@ public static class ImageCodec
             SKJpegEncoderAlphaOption.Ignore)));
     }
 
-    /// <summary>Writes <paramref name="image"/> as PNG to <paramref name="path"/>.</summary>
-    public static void WritePng(ImageU8 image, string path) => File.WriteAllBytes(path, EncodePng(image));
+    /// <summary>Writes <paramref name="image"/> as PNG to <paramref name="path"/> (a temporary file renamed, never half-written).</summary>
+    public static void WritePng(ImageU8 image, string path) => AtomicFile.WriteAllBytes(path, EncodePng(image));
 
     static byte[] Encode(ImageU8 image, Func<SKPixmap, SKData?> encode)
     {

@@ -61,12 +61,7 @@ public static class SkiaImages
     /// <summary>Writes the image as a PNG file (to a temporary name first, then renamed).</summary>
     public static void SavePng(ImageU8 image, string path)
     {
-        var bytes = EncodePng(image);
-        string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (dir is not null) Directory.CreateDirectory(dir);
-        string tmp = path + ".tmp";
-        File.WriteAllBytes(tmp, bytes);
-        File.Move(tmp, path, overwrite: true);
+        AtomicFile.WriteAllBytes(path, EncodePng(image));
     }
 }
 

@@ -345,9 +345,7 @@ public static class Trainer
 
     static void WriteLines(string path, List<string> lines)
     {
-        var tmp = path + ".tmp";
-        File.WriteAllText(tmp, string.Concat(lines.Select(l => l + "\n")));
-        File.Move(tmp, path, overwrite: true);
+        AtomicFile.WriteAllText(path, string.Concat(lines.Select(l => l + "\n")));
     }
 
     static void AppendLine(string path, string line)

@@ -179,7 +179,7 @@ public static class SlurmLauncher
         {
             var name = $"launch-{stamp}{(part++ > 0 ? "-" + part.ToString(CultureInfo.InvariantCulture) : "")}.sbatch";
             var path = Path.Combine(folder, name);
-            File.WriteAllText(path, script);
+            AtomicFile.WriteAllText(path, script);
             foreach (var j in chunk)
                 if (sweep.StateOf(j) == JobState.NotLaunched) Directory.CreateDirectory(sweep.JobDirectory(j));
             var id = client.Submit(path);

@@ -157,9 +157,7 @@ public sealed class SweepManifest
             }).ToArray()),
             ["launches"] = new JsonArray(launches.Select(l => (JsonNode)l.ToJson()).ToArray()),
         };
-        var tmp = Path + ".tmp";
-        File.WriteAllText(tmp, root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
-        File.Move(tmp, Path, overwrite: true);
+        AtomicFile.WriteAllText(Path, root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
     }
 
     /// <summary>The state of a job from its folder.</summary>
