@@ -148,7 +148,7 @@ module Init =
 
     let ones (t: Tensor) =
         use _ = torch.no_grad ()
-        t.fill_(1.0) |> ignore
+        t.fill_(Scalars.one) |> ignore
 
 /// Shape of a tensor as an F# list (for messages and tests).
 let shapeOf (t: Tensor) = t.shape |> Array.toList
