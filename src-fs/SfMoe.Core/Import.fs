@@ -147,6 +147,13 @@ let private isTensorDict (v: PyValue) =
     | PyDict d -> d.Count > 0 && d.Items |> Seq.forall (fun (k, x) -> (match k with PyStr _ -> true | _ -> false) && (match x with PyTensor _ -> true | _ -> false))
     | _ -> false
 
+/// A torch.save file, its reader's and unpickler's errors as ImportException.
+let private readTorch (path: string) =
+    try TorchFile.read path
+    with
+    | TorchFile.TorchFileException m -> fail "%s" m
+    | PickleException m -> fail "%s" m
+
 /// Read a flat state dict from .safetensors or a torch.save file; `wrappers` are keys that may hold it.
 let private readFlat (path: string) (wrappers: string list) : (string * Tensor) list * (string * string) list * Map<string, string> =
     if isSafetensors path then
@@ -155,12 +162,7 @@ let private readFlat (path: string) (wrappers: string list) : (string * Tensor) 
             with SafeTensors.SafeTensorsException m -> fail "%s" m
         c.Tensors, [], c.Metadata
     else
-        let ck =
-            try TorchFile.read path
-            with
-            | TorchFile.TorchFileException m -> fail "%s" m
-            | PickleException m -> fail "%s" m
-        use ck = ck
+        use ck = readTorch path
         match ck.Root with
         | v when isTensorDict v -> stateDictOf ck "the state dict" v, [], Map.empty
         | PyDict d ->
@@ -303,12 +305,7 @@ let private readDomainBed (path: string) =
         let ts, others, _ = readFlat path []
         ts, others, None, None, None
     else
-        let ck =
-            try TorchFile.read path
-            with
-            | TorchFile.TorchFileException m -> fail "%s" m
-            | PickleException m -> fail "%s" m
-        use ck = ck
+        use ck = readTorch path
         match ck.Root with
         | PyDict d when (d.TryFind "model_dict").IsSome ->
             let info = [ for k, v in d.Items do if k <> PyStr "model_dict" then yield (match k with PyStr s -> s | k -> describe k), short 0 v ]
