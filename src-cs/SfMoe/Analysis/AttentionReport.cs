@@ -74,7 +74,7 @@ public sealed class AttentionReport
         var probes = new List<ModelProbe>();
         try
         {
-            foreach (var c in o.Checkpoints) { var p = ModelProbe.Load(c, o.Device); p.Seed = o.Seed; probes.Add(p); }
+            foreach (var c in o.Checkpoints) probes.Add(ModelProbe.Load(c, o.Device, o.Seed));
             var names = probes.Select(p => p.Name).ToArray();
             for (int i = 0; i < probes.Count; i++)   // distinct names for files and legends
                 if (names.Count(n => n == names[i]) > 1) probes[i].Name = $"{names[i]}_{i}";

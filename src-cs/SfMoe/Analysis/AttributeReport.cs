@@ -6,35 +6,18 @@ using static SfMoe.Analysis.ReportText;
 
 namespace SfMoe.Analysis;
 
-/// <summary>Settings of <see cref="AttributeReport"/> (<c>sfmoe analyze attributes</c>).</summary>
-public sealed class AttributeReportOptions
+/// <summary>
+/// Settings of <see cref="AttributeReport"/> (<c>sfmoe analyze attributes</c>). Without <see cref="ImageRoot"/> the dataset
+/// defaults to the model's; with an image folder, <see cref="DatasetAnalysisOptions.MaxImages"/> counts images in all.
+/// </summary>
+public sealed class AttributeReportOptions : DatasetAnalysisOptions
 {
-    /// <summary>The model file.</summary>
-    public required string Checkpoint { get; set; }
-    /// <summary>Dataset name or folder (default: the model's, unless <see cref="ImageRoot"/> is given).</summary>
-    public string? Dataset { get; set; }
-    /// <summary>Folder holding the datasets.</summary>
-    public string? DataDir { get; set; }
     /// <summary>Keypoint JSON (<see cref="KeypointFile"/>); not needed for datasets with built-in keypoints (Synthetic).</summary>
     public string? Keypoints { get; set; }
     /// <summary>Instead of a dataset: a folder of images, the keys of <see cref="Keypoints"/> being paths under it.</summary>
     public string? ImageRoot { get; set; }
-    /// <summary>"in" (default), "out" or "all" (datasets only).</summary>
-    public string Split { get; set; } = "in";
-    /// <summary>Images per environment (default 200; with an image folder, in all).</summary>
-    public int MaxImages { get; set; } = 200;
     /// <summary>Patches counted per keypoint (default 9, GMoE's).</summary>
     public int PatchesPerKeypoint { get; set; } = 9;
-    /// <summary>Images per forward pass (default 32).</summary>
-    public int BatchSize { get; set; } = 32;
-    /// <summary>Seed of the in/out splits.</summary>
-    public int TrialSeed { get; set; }
-    /// <summary>Seed of the model's random choices.</summary>
-    public long Seed { get; set; }
-    /// <summary>Where the files go.</summary>
-    public required string OutputDir { get; set; }
-    /// <summary>cpu (default) or cuda.</summary>
-    public string Device { get; set; } = "cpu";
 }
 
 /// <summary>The attribute histogram of one sparse block.</summary>
@@ -80,8 +63,7 @@ public sealed class AttributeReport
     /// <summary>Opens the model and the images and keypoints, analyses and writes the files.</summary>
     public static AttributeReport Run(AttributeReportOptions o, Action<string>? log = null)
     {
-        using var probe = ModelProbe.Load(o.Checkpoint, o.Device);
-        probe.Seed = o.Seed;
+        using var probe = ModelProbe.Load(o.Checkpoint, o.Device, o.Seed);
         var kp = o.Keypoints is null ? null : KeypointFile.Load(o.Keypoints);
         if (o.ImageRoot is not null)
         {

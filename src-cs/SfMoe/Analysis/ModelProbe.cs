@@ -175,9 +175,10 @@ public sealed class ModelProbe : IDisposable
 
     static ModelProbe() { Native.ensure(); }
 
-    /// <summary>Opens a model file (a ViT or SF-MoE; CNN baselines have no tokens to analyse).</summary>
+    /// <summary>Opens a model file (a ViT or SF-MoE; CNN baselines have no tokens to analyse), its random choices seeded
+    /// with <paramref name="seed"/> (<see cref="Seed"/>).</summary>
     /// <exception cref="SfMoeException">Missing or foreign file, or a CNN model.</exception>
-    public static ModelProbe Load(string path, string device = "cpu")
+    public static ModelProbe Load(string path, string device = "cpu", long seed = 0)
     {
         var (net, header) = ModelFile.Load(path, device);
         if (net is not Train.Network.VitNet v)
@@ -186,7 +187,7 @@ public sealed class ModelProbe : IDisposable
             throw new SfMoeException($"{path}: a {header.Backbone} model has no tokens, attention or routing to analyse (a ViT or SF-MoE model is needed)");
         }
         var name = Path.GetFileName(Path.GetDirectoryName(Path.GetFullPath(path))) is { Length: > 0 } d ? d : Path.GetFileNameWithoutExtension(path);
-        return new ModelProbe(v.Item, true, name, header.ClassNames, header.Mean, header.Std, header.Dataset);
+        return new ModelProbe(v.Item, true, name, header.ClassNames, header.Mean, header.Std, header.Dataset) { Seed = seed };
     }
 
     /// <summary>Wraps a model built in code (not owned: dispose the model yourself). Inputs are normalised with

@@ -6,8 +6,11 @@ using static SfMoe.Analysis.ReportText;
 
 namespace SfMoe.Analysis;
 
-/// <summary>Settings of <see cref="RoutingReport.Run(RoutingReportOptions, Action{string}?)"/> (<c>sfmoe analyze routing</c>).</summary>
-public sealed class RoutingReportOptions
+/// <summary>
+/// What the dataset analyses (<see cref="RoutingReport"/>, <see cref="AttributeReport"/>) share: the model file, which
+/// images of which dataset, batching, seeds, device and output folder.
+/// </summary>
+public abstract class DatasetAnalysisOptions
 {
     /// <summary>The model file.</summary>
     public required string Checkpoint { get; set; }
@@ -15,22 +18,27 @@ public sealed class RoutingReportOptions
     public string? Dataset { get; set; }
     /// <summary>Folder holding the datasets.</summary>
     public string? DataDir { get; set; }
-    /// <summary>"in" (default), "out" or "all".</summary>
+    /// <summary>"in" (default: the 80% DomainBed trains on), "out" or "all".</summary>
     public string Split { get; set; } = "in";
     /// <summary>Images per environment (default 200).</summary>
     public int MaxImages { get; set; } = 200;
-    /// <summary>Images per environment drawn as expert maps (default 2).</summary>
-    public int Samples { get; set; } = 2;
     /// <summary>Images per forward pass (default 32).</summary>
     public int BatchSize { get; set; } = 32;
     /// <summary>Seed of the in/out splits (default 0).</summary>
     public int TrialSeed { get; set; }
-    /// <summary>Seed of the model's random choices (default 0).</summary>
+    /// <summary>Seed of the model's random choices, e.g. the random second expert (default 0).</summary>
     public long Seed { get; set; }
     /// <summary>Where the files go.</summary>
     public required string OutputDir { get; set; }
     /// <summary>cpu (default) or cuda.</summary>
     public string Device { get; set; } = "cpu";
+}
+
+/// <summary>Settings of <see cref="RoutingReport.Run(RoutingReportOptions, Action{string}?)"/> (<c>sfmoe analyze routing</c>).</summary>
+public sealed class RoutingReportOptions : DatasetAnalysisOptions
+{
+    /// <summary>Images per environment drawn as expert maps (default 2).</summary>
+    public int Samples { get; set; } = 2;
 }
 
 /// <summary>
@@ -58,8 +66,7 @@ public sealed class RoutingReport
     /// <summary>Opens the model and dataset, analyses and writes the files.</summary>
     public static RoutingReport Run(RoutingReportOptions o, Action<string>? log = null)
     {
-        using var probe = ModelProbe.Load(o.Checkpoint, o.Device);
-        probe.Seed = o.Seed;
+        using var probe = ModelProbe.Load(o.Checkpoint, o.Device, o.Seed);
         var name = o.Dataset ?? probe.Dataset ?? throw new SfMoeException($"{o.Checkpoint}: the model file names no dataset; pass --dataset");
         var ds = Datasets.Open(name, o.DataDir, ImageCodec.Decode);
         return Run(probe, ds, o, log);
