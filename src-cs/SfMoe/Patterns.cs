@@ -20,7 +20,7 @@ public static class Patterns
     public static PatternInfo Parse(string pattern)
     {
         var r = CorePattern.resolve(pattern);
-        if (r.IsError) throw new SfMoeException(r.ErrorValue.ToString());
+        if (r.IsError) throw new ConfigException(r.ErrorValue.ToString());
         return Info(r.ResultValue);
     }
 
@@ -30,7 +30,7 @@ public static class Patterns
     {
         var info = Parse(pattern);
         var v = CorePattern.validateDepth(depth, CorePattern.parseOrFail(info.Canonical));
-        if (v.IsError) throw new SfMoeException(v.ErrorValue);
+        if (v.IsError) throw new ConfigException(v.ErrorValue);
         return info;
     }
 

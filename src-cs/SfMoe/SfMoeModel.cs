@@ -91,55 +91,44 @@ public sealed class SfMoeModel : IDisposable
 
     /// <summary>Creates a registry model with optional overrides.</summary>
     /// <exception cref="SfMoeException">Unknown model, invalid pattern or option, or unavailable device.</exception>
-    public static SfMoeModel Create(string model, ModelOptions? options = null)
-    {
-        options ??= new ModelOptions();
-        var cfg = Registry.tryCreate(model);
-        if (cfg.IsError) throw new SfMoeException(cfg.ErrorValue);
-        var c = cfg.ResultValue;
-        if (options.Pattern is not null)
-        {
-            var p = Core.Pattern.resolve(options.Pattern);
-            if (p.IsError) throw new SfMoeException(p.ErrorValue.ToString());
-            c = With(c, pattern: p.ResultValue);
-        }
-        if (options.NumClasses is int k) c = With(c, numClasses: k);
-        if (options.ImageSize is int s) c = With(c, imgSize: s);
-        return Create(c, options.Device, options.Seed);
-    }
+    public static SfMoeModel Create(string model, ModelOptions? options = null) =>
+        Create(ModelSpec.Source.NewNamed(model), options ?? new ModelOptions());
 
-    internal static Config.VitConfig With(Config.VitConfig c, Core.Pattern.Pattern? pattern = null, int? numClasses = null, int? imgSize = null) =>
-        new(imgSize ?? c.ImgSize, c.PatchSize, c.InChans, c.EmbedDim, c.Depth, c.NumHeads, c.MlpRatio, numClasses ?? c.NumClasses,
-            c.Distilled, c.QkvBias, c.DropRate, c.AttnDropRate, c.DropPathRate, c.NormEps, pattern ?? c.Pattern, c.Moe, c.Hybrid);
+    /// <summary>Creates a model from a JSON config (snake_case keys; a "model" key starts from a registry model).</summary>
+    /// <exception cref="ConfigException">Invalid JSON or config; the message names the key.</exception>
+    public static SfMoeModel FromConfigJson(string json, string device = "cpu", long? seed = null) =>
+        Create(ModelSpec.Source.NewJson(json), new ModelOptions { Device = device, Seed = seed });
+
+    static SfMoeModel Create(ModelSpec.Source source, ModelOptions options)
+    {
+        var spec = ModelSpec.Create(source, options.Pattern, options.NumClasses, options.ImageSize, null);
+        var arch = ModelSpec.resolve(spec);
+        if (arch is not Config.Architecture.VitArch vit)
+            throw new ConfigException($"{Config.ArchitectureModule.backbone(arch)} is a CNN baseline; SfMoeModel holds ViT models (TrainedModel loads any trained model)");
+        return Create(vit.Item, options.Device, options.Seed);
+    }
 
     internal static SfMoeModel Create(Config.VitConfig config, string device, long? seed)
     {
-        var v = Config.VitConfigModule.validate(config);
-        if (v.IsError) throw new SfMoeException(v.ErrorValue);
-        var dd = Tensors.DdModule.parse(device);
-        if (dd.IsError) throw new SfMoeException(dd.ErrorValue);
         var seedOpt = seed is long s ? Microsoft.FSharp.Core.FSharpOption<long>.Some(s) : null;
-        return new SfMoeModel(new Vit.SfMoeVit(config, dd.ResultValue, seedOpt));
-    }
-
-    /// <summary>Creates a model from a JSON config (snake_case keys; a "model" key starts from a registry model).</summary>
-    /// <exception cref="SfMoeException">Invalid JSON or config; the message names the key.</exception>
-    public static SfMoeModel FromConfigJson(string json, string device = "cpu", long? seed = null)
-    {
-        try { return Create(ConfigJson.parse(Microsoft.FSharp.Core.FuncConvert.FromFunc<string, Microsoft.FSharp.Core.FSharpResult<Config.VitConfig, string>>(Registry.tryCreate), json), device, seed); }
-        catch (ConfigJson.ConfigException e) { throw new SfMoeException(e.Data0, e); }
+        return new SfMoeModel(new Vit.SfMoeVit(config, Tensors.DdModule.ofString(device), seedOpt));
     }
 
     /// <summary>The model's config as JSON (round-trips through <see cref="FromConfigJson"/>).</summary>
     public string ConfigJsonText => ConfigJson.toJson(true, _vit.Config);
 
-    /// <summary>All registry models.</summary>
+    /// <summary>All registry models: the ViT variants, then the CNN baselines (their ViT-only fields are empty).</summary>
     public static IReadOnlyList<ModelInfo> ListModels() =>
-        Registry.all.Select(d =>
+        Registry.entries.Select(e =>
         {
-            var c = Registry.toConfig(d).ResultValue;
-            return new ModelInfo(d.Name, Core.Pattern.print(c.Pattern), c.EmbedDim, c.Depth, c.NumHeads, c.PatchSize, c.ImgSize,
-                c.Distilled, Summary.totalParams(c), d.Description);
+            var arch = ModelSpec.resolve(ModelSpec.named(e.Name));
+            return arch switch
+            {
+                Config.Architecture.VitArch { Item: var c } => new ModelInfo(e.Name, Core.Pattern.print(c.Pattern), c.EmbedDim, c.Depth, c.NumHeads,
+                    c.PatchSize, c.ImgSize, c.Distilled, Summary.totalParams(c), e.Description),
+                Config.Architecture.CnnArch { Item: var c } => new ModelInfo(e.Name, "", 0, 0, 0, 0, c.ImgSize, false, Summary.cnnParams(c), e.Description),
+                _ => throw new InvalidOperationException(),
+            };
         }).ToList();
 
     /// <summary>The underlying TorchSharp module (state dict with timm names, parameters for optimizers).</summary>
@@ -178,7 +167,7 @@ public sealed class SfMoeModel : IDisposable
     {
         using var scope = NewDisposeScope();
         try { return scope.MoveToOuter(_vit.forward(images)); }
-        catch (ArgumentException e) { throw new SfMoeException(e.Message.Split(" (Parameter")[0], e); }
+        catch (ArgumentException e) { throw new ConfigException(e.Message.Split(" (Parameter")[0], e); }
     }
 
     /// <summary>
@@ -205,7 +194,7 @@ public sealed class SfMoeModel : IDisposable
             }).ToList();
             return new ModelOutput(logits, features, aux, maps, routing);
         }
-        catch (ArgumentException e) { throw new SfMoeException(e.Message.Split(" (Parameter")[0], e); }
+        catch (ArgumentException e) { throw new ConfigException(e.Message.Split(" (Parameter")[0], e); }
     }
 
     /// <inheritdoc />

@@ -26,10 +26,10 @@ public sealed record EvaluationResult(string Dataset, IReadOnlyList<string> Envi
 /// </summary>
 public sealed class TrainedModel : IDisposable
 {
-    readonly Train.Network _net;
+    readonly Networks.Network _net;
     readonly Device _device;
 
-    TrainedModel(Train.Network net, ModelHeader header, Device device) { _net = net; Header = header; _device = device; }
+    TrainedModel(Networks.Network net, ModelHeader header, Device device) { _net = net; Header = header; _device = device; }
 
     static TrainedModel() { Native.ensure(); }
 
@@ -57,10 +57,10 @@ public sealed class TrainedModel : IDisposable
         _net.SetTraining(false);
         try
         {
-            var o = Train.forward(_net, rng, false, images);
+            var o = Networks.forward(_net, rng, false, images);
             return scope.MoveToOuter(o.Logits);
         }
-        catch (ArgumentException e) { throw new SfMoeException(e.Message.Split(" (Parameter")[0], e); }
+        catch (ArgumentException e) { throw new DatasetException(e.Message.Split(" (Parameter")[0], e); }
     }
 
     /// <summary>The preprocessing the model was trained with, for a dataset spec (or images, when null).</summary>
@@ -72,11 +72,11 @@ public sealed class TrainedModel : IDisposable
     /// <summary>The top classes for a decoded image.</summary>
     public IReadOnlyList<Prediction> Predict(ImageU8 image, int top = 5)
     {
-        if (top < 1) throw new SfMoeException($"top must be >= 1, got {top}");
+        if (top < 1) throw new DatasetException($"top must be >= 1, got {top}");
         var img = image;
         if (Header.InChannels == 1 && img.Channels != 1) img = Transforms.ToGrayscale(img, 1);
         if (img.Channels != Header.InChannels)
-            throw new SfMoeException($"the model takes {Header.InChannels}-channel inputs; the image has {img.Channels} channels");
+            throw new DatasetException($"the model takes {Header.InChannels}-channel inputs; the image has {img.Channels} channels");
         var pre = Preprocessor();
         var x = new float[pre.Channels * pre.Height * pre.Width];
         pre.ToInput(pre.Resize(img), x);
@@ -93,7 +93,7 @@ public sealed class TrainedModel : IDisposable
     {
         ImageU8 img;
         try { img = ImageCodec.Decode(imagePath); }
-        catch (ImageLoadException e) { throw new SfMoeException(e.Message, e); }
+        catch (ImageLoadException e) { throw new DatasetException(e.Message, e); }
         return Predict(img, top);
     }
 
@@ -105,9 +105,9 @@ public sealed class TrainedModel : IDisposable
     {
         var spec = dataset.Spec;
         if (spec.Classes.Count != Header.NumClasses)
-            throw new SfMoeException($"the model has {Header.NumClasses} classes, {spec.Name} has {spec.Classes.Count}");
+            throw new DatasetException($"the model has {Header.NumClasses} classes, {spec.Name} has {spec.Classes.Count}");
         if (spec.Channels != Header.InChannels)
-            throw new SfMoeException($"the model takes {Header.InChannels}-channel inputs, {spec.Name} has {spec.Channels}");
+            throw new DatasetException($"the model takes {Header.InChannels}-channel inputs, {spec.Name} has {spec.Channels}");
         var pre = Preprocessor(spec);
         using var log = new RunLog(null, quiet: true);
         var loader = new SafeLoader(log);

@@ -58,8 +58,7 @@ let moe (dim: int) (hidden: int) (experts: int) (topK: int) (tokens: int64) (tok
             TopK = topK
             SecondPolicy = policy
             CapacityTrain = cap
-            Scope = scope
-            MinCapacity = 4 }
+            Scope = scope }
     let c =
         { VitConfig.create dim 1 1 with
             MlpRatio = float hidden / float dim
@@ -142,9 +141,9 @@ let moe (dim: int) (hidden: int) (experts: int) (topK: int) (tokens: int64) (tok
       hidden = hidden
       experts = experts
       top_k = topK
-      policy = ConfigJson.policies |> List.find (fun (_, p) -> p = policy) |> fst
+      policy = ConfigJson.policyName policy
       capacity_factor = (match cap with Dropless -> "dropless" | Factor f -> string f)
-      scope = ConfigJson.scopes |> List.find (fun (_, s) -> s = scope) |> fst }
+      scope = ConfigJson.scopeName scope }
 
 type StepBenchResult =
     { step_ms: float
@@ -172,7 +171,7 @@ let matmulGflops (n: int64) =
 let step (cfg: VitConfig) (name: string) (batch: int) (warmup: int) (repeats: int) : StepBenchResult =
     let dd = Dd.cpu
     use model = new Vit.SfMoeVit(cfg, dd, Some 0L)
-    let net = Train.VitNet model
+    let net = Networks.VitNet model
     use learner = new Train.Learner(net, Train.SfMoeAlg, Optim.AdamL2, 1e-5, 0.0, 0L, dd)
     torch.manual_seed 0L |> ignore
     let img = int64 cfg.ImgSize

@@ -336,8 +336,8 @@ let loadConfig (model: string option) (file: string option) : Config.VitConfig =
         | Error e -> fail "%s" e
     | None, Some path ->
         if not (IO.File.Exists path) then fail "model config %s: file not found" path
-        try ConfigJson.parse Registry.tryCreate (IO.File.ReadAllText path)
-        with ConfigJson.ConfigException msg -> fail "model config %s: %s" path msg
+        try ModelSpec.parseVit (IO.File.ReadAllText path)
+        with :? ConfigException as e -> fail "model config %s: %s" path e.Message
 
 type PartJson = { name: string; kind: string; ``params``: int64; active_params: int64; macs: int64 }
 type PatternModelJson = { pattern: string; blocks: string seq; parts: PartJson list; total_params: int64; total_macs: int64 }
@@ -445,7 +445,7 @@ let forward (a: ParseResults<ForwardArgs>) =
     let cfg = loadConfig (a.TryGetResult ForwardArgs.Model) (a.TryGetResult ForwardArgs.Model_Config)
     let cfg =
         match a.TryGetResult ForwardArgs.Second_Policy with
-        | Some p -> { cfg with Moe = { cfg.Moe with SecondPolicy = parseChoice "--second-policy" ConfigJson.policies p } }
+        | Some p -> { cfg with Moe = { cfg.Moe with SecondPolicy = ConfigJson.policyNamed cfg.Moe.SecondPolicy (parseChoice "--second-policy" ConfigJson.policies p) } }
         | None -> cfg
     let training =
         match a.GetResult(ForwardArgs.Mode, defaultValue = "eval") with
@@ -458,7 +458,7 @@ let forward (a: ParseResults<ForwardArgs>) =
     let outputPath = a.GetResult ForwardArgs.Output
     let read (what: string) (path: string) =
         try SafeTensors.read path
-        with SafeTensors.SafeTensorsException msg -> fail "%s %s" what msg
+        with :? CheckpointException as e -> fail "%s %s" what e.Message
     use weights = read "weights" weightsPath
     use input = read "input" inputPath
     let x =
@@ -468,7 +468,7 @@ let forward (a: ParseResults<ForwardArgs>) =
     use model = new Vit.SfMoeVit(cfg, Dd.cpu, Some seed)
     let mapped = KeyMap.fromAuthors weights.Tensors
     try Weights.load true model mapped.Tensors |> ignore
-    with Weights.WeightsException msg -> fail "weights %s: %s" weightsPath msg
+    with :? CheckpointException as e -> fail "weights %s: %s" weightsPath e.Message
     if training then model.train () |> ignore else model.eval () |> ignore
     use x32 = x.to_type(torch.ScalarType.Float32)
     use g = generator seed Dd.cpu
@@ -485,7 +485,7 @@ let forward (a: ParseResults<ForwardArgs>) =
                   yield sprintf "routing.%d.gate_%d" b (j + 1L), r.Gate.select(2L, j).contiguous () ]
     let meta = Map.ofList [ "config", ConfigJson.toJson false cfg; "mode", (if training then "train" else "eval"); "seed", string seed ]
     try SafeTensors.write outputPath meta ([ "logits", o.Logits; "aux_loss", o.Aux ] @ routing)
-    with SafeTensors.SafeTensorsException msg -> fail "output %s" msg
+    with :? CheckpointException as e -> fail "output %s" e.Message
     for _, t in routing do t.Dispose()
     Console.WriteLine(sprintf "wrote %s: logits %s, aux_loss %.6g, %d sparse blocks" outputPath (Core.Tensors.shapeString o.Logits) (o.Aux.item<float32> ()) o.Routing.Length)
     0
@@ -501,8 +501,8 @@ let benchMoe (a: ParseResults<BenchMoeArgs>) =
             (a.GetResult(BenchMoeArgs.Tokens, defaultValue = 6336L))
             (a.GetResult(BenchMoeArgs.Tokens_Per_Image, defaultValue = 198L))
             (parseCapacity (a.GetResult(BenchMoeArgs.Capacity, defaultValue = "1.25")))
-            (parseChoice "--policy" ConfigJson.policies (a.GetResult(BenchMoeArgs.Policy, defaultValue = "all")))
-            (parseChoice "--scope" ConfigJson.scopes (a.GetResult(BenchMoeArgs.Scope, defaultValue = "image")))
+            (ConfigJson.policyNamed Config.MoeConfig.sfmoe.SecondPolicy (parseChoice "--policy" ConfigJson.policies (a.GetResult(BenchMoeArgs.Policy, defaultValue = "all"))))
+            ((parseChoice "--scope" ConfigJson.scopes (a.GetResult(BenchMoeArgs.Scope, defaultValue = "image"))) Config.CapacityScope.defaultMinCapacity)
             (a.GetResult(BenchMoeArgs.Warmup, defaultValue = 3))
             (positive "repeats" (a.GetResult(BenchMoeArgs.Repeats, defaultValue = 10)))
     if a.Contains BenchMoeArgs.Json then Console.WriteLine(json r)

@@ -68,5 +68,4 @@ let main argv =
         error (first + " (see 'sfmoe --help')")
     | UsageError msg -> error msg
     | :? SfMoeException as e -> error e.Message
-    | Core.Native.NativeLoadException msg -> error msg
     | :? OperationCanceledException -> error "interrupted"

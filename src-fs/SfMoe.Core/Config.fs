@@ -9,9 +9,9 @@ open SfMoe.Core.Pattern
 type RouterKind =
     /// Softmax over a linear projection (GShard / SF-MoE, lucidrains `w_gating` [D,E], init N(0,1)).
     | LinearRouter
-    /// Cosine similarity of a 256-d projection with learned expert embeddings and a learned temperature
-    /// (GMoE / tutel `cosine_top`).
-    | CosineRouter
+    /// Cosine similarity of a `projDim`-d projection (tutel: 256) with learned expert embeddings and a learned
+    /// temperature (GMoE / tutel `cosine_top`).
+    | CosineRouter of projDim: int
 
 /// What happens to each token's second choice when k = 2 (GShard / SF-MoE rules).
 type SecondPolicy =
@@ -20,9 +20,9 @@ type SecondPolicy =
     /// Never dispatch it (its gate still renormalises the first).
     | SecondNone
     /// Dispatch it when its renormalised gate exceeds the threshold.
-    | SecondThreshold
+    | SecondThreshold of threshold: float
     /// Dispatch it with probability min(1, gate2 / threshold).
-    | SecondRandom
+    | SecondRandom of threshold: float
 
 /// Expert capacity: a factor (see CapacityScope for the formula) or no limit at all.
 type Capacity =
@@ -31,9 +31,9 @@ type Capacity =
 
 /// Over which tokens capacity, slot order and balance statistics are computed.
 type CapacityScope =
-    /// Per image (SF-MoE): C = max(min_capacity, min(N, floor(N*cf/E))), token order, second choices after
+    /// Per image (SF-MoE): C = max(minCapacity, min(N, floor(N*cf/E))), token order, second choices after
     /// the kept first choices.
-    | PerImage
+    | PerImage of minCapacity: int
     /// Over the whole batch (tutel / GMoE): C = k * int(cf * ceil(S/E)), optionally batch-prioritised.
     | PerBatch
 
@@ -44,25 +44,42 @@ type AuxLoss =
     /// (CV^2(importance) + CV^2(load)) / 2 (tutel / GMoE).
     | LoadImportanceLoss
 
-/// The Mixture-of-Experts layer of sparse blocks.
+/// The Mixture-of-Experts layer of sparse blocks. Settings that only apply to one router, second-expert policy or
+/// capacity scope live in that case (CosineRouter's projection size, the policies' threshold, PerImage's minimum
+/// capacity).
 type MoeConfig =
     { NumExperts: int
       TopK: int
       Router: RouterKind
+      /// The second choice's fate (k = 2 only).
       SecondPolicy: SecondPolicy
-      SecondThreshold: float
       CapacityTrain: Capacity
       CapacityEval: Capacity
-      MinCapacity: int
       Scope: CapacityScope
+      /// Slots go to tokens in descending order of their top probability instead of token order (tutel).
       BatchPrioritized: bool
       GateNoise: float
       AuxLoss: AuxLoss
       AuxLossWeight: float
       ExpertBias: bool
-      ExpertDropout: float
-      /// Dimension of the cosine router's projection (tutel: 256).
-      CosineProjDim: int }
+      ExpertDropout: float }
+
+module RouterKind =
+    /// tutel's projection size of the cosine router.
+    let defaultProjDim = 256
+
+module SecondPolicy =
+    /// SF-MoE's threshold of the threshold and random policies.
+    let defaultThreshold = 0.2
+    /// The policy's threshold, if it has one.
+    let threshold (p: SecondPolicy) =
+        match p with
+        | SecondThreshold t | SecondRandom t -> Some t
+        | SecondAll | SecondNone -> None
+
+module CapacityScope =
+    /// SF-MoE's minimum per-image capacity.
+    let defaultMinCapacity = 4
 
 module MoeConfig =
     /// SF-MoE as released (lucidrains top-2 GShard gate, spec §3.1).
@@ -70,26 +87,23 @@ module MoeConfig =
         { NumExperts = 4
           TopK = 2
           Router = LinearRouter
-          SecondPolicy = SecondRandom
-          SecondThreshold = 0.2
+          SecondPolicy = SecondRandom SecondPolicy.defaultThreshold
           CapacityTrain = Factor 1.25
           CapacityEval = Factor 2.0
-          MinCapacity = 4
-          Scope = PerImage
+          Scope = PerImage CapacityScope.defaultMinCapacity
           BatchPrioritized = false
           GateNoise = 0.0
           AuxLoss = GShardLoss
           AuxLossWeight = 0.01
           ExpertBias = false
-          ExpertDropout = 0.0
-          CosineProjDim = 256 }
+          ExpertDropout = 0.0 }
 
     /// GMoE (ICLR 2023; tutel cosine top-1, spec §3.6).
     let gmoe =
         { sfmoe with
             NumExperts = 6
             TopK = 1
-            Router = CosineRouter
+            Router = CosineRouter RouterKind.defaultProjDim
             SecondPolicy = SecondAll
             CapacityTrain = Factor 1.5
             CapacityEval = Factor 1.5
@@ -111,12 +125,14 @@ module MoeConfig =
           (if m.TopK > m.NumExperts then
                Some(sprintf "moe.top_k (%d) must not exceed moe.num_experts (%d)" m.TopK m.NumExperts)
            else None)
-          (if not (m.SecondThreshold >= 0.0 && m.SecondThreshold <= 1.0) then
-               Some(sprintf "moe.second_threshold must be in [0, 1], got %g" m.SecondThreshold)
-           else None)
+          (match SecondPolicy.threshold m.SecondPolicy with
+           | Some t when not (t >= 0.0 && t <= 1.0) -> Some(sprintf "moe.second_threshold must be in [0, 1], got %g" t)
+           | _ -> None)
           cap "capacity_factor_train" m.CapacityTrain
           cap "capacity_factor_eval" m.CapacityEval
-          (if m.MinCapacity < 0 then Some(sprintf "moe.min_capacity must be >= 0, got %d" m.MinCapacity) else None)
+          (match m.Scope with
+           | PerImage c when c < 0 -> Some(sprintf "moe.min_capacity must be >= 0, got %d" c)
+           | _ -> None)
           (if not (m.GateNoise >= 0.0) then Some(sprintf "moe.gate_noise must be >= 0, got %g" m.GateNoise) else None)
           (if not (m.AuxLossWeight >= 0.0) then
                Some(sprintf "moe.aux_loss_weight must be >= 0, got %g" m.AuxLossWeight)
@@ -127,7 +143,9 @@ module MoeConfig =
           (if m.AuxLoss = LoadImportanceLoss && not (m.GateNoise > 0.0) then
                Some "moe.aux_loss \"load_importance\" needs moe.gate_noise > 0 (it sets the scale of the load estimate)"
            else None)
-          (if m.CosineProjDim < 1 then Some(sprintf "moe.cosine_proj_dim must be >= 1, got %d" m.CosineProjDim) else None) ]
+          (match m.Router with
+           | CosineRouter p when p < 1 -> Some(sprintf "moe.cosine_proj_dim must be >= 1, got %d" p)
+           | _ -> None) ]
         |> List.choose id
         |> function
             | [] -> Ok m
@@ -242,6 +260,9 @@ module VitConfig =
             if c.Depth <= 1 then 0.0
             else float (float32 c.DropPathRate * float32 i / float32 (c.Depth - 1)))
 
+    /// The dense twin: the same config with every block a fusion block.
+    let denseTwin (c: VitConfig) = { c with Pattern = dense c.Depth }
+
     /// Plain ViT defaults of the given size (timm VisionTransformer defaults: qkv bias, eps 1e-6, no dropout).
     let create (embedDim: int) (depth: int) (heads: int) =
         { ImgSize = 224
@@ -305,3 +326,46 @@ module VitConfig =
         |> function
             | [] -> Ok c
             | e :: _ -> Error e
+
+/// DomainBed's CNN baselines (ERM).
+type CnnKind =
+    /// torchvision's ResNet-50 with BatchNorm frozen (DomainBed's freeze_bn) and dropout on the pooled features.
+    | ResNet50
+    /// DomainBed's MNIST_CNN: four 3x3 convolutions with GroupNorm, mean-pooled (any input size).
+    | MnistCnn
+
+/// A CNN baseline with its classifier.
+type CnnConfig =
+    { Kind: CnnKind
+      InChans: int
+      NumClasses: int
+      /// The input size its preprocessing produces (square).
+      ImgSize: int }
+
+module CnnKind =
+    /// The name of the backbone in registries and model files.
+    let name = function ResNet50 -> "resnet50" | MnistCnn -> "mnist_cnn"
+
+module CnnConfig =
+    let validate (c: CnnConfig) : Result<CnnConfig, string> =
+        let pos name (v: int) = if v >= 1 then None else Some(sprintf "%s must be >= 1, got %d" name v)
+        [ pos "in_chans" c.InChans; pos "num_classes" c.NumClasses; pos "img_size" c.ImgSize ]
+        |> List.choose id
+        |> function
+            | [] -> Ok c
+            | e :: _ -> Error e
+
+/// What a model is: a ViT (dense, SF-MoE, GMoE, hybrid) or a CNN baseline.
+type Architecture =
+    | VitArch of VitConfig
+    | CnnArch of CnnConfig
+
+module Architecture =
+    /// The backbone's name in model files: "vit", "resnet50" or "mnist_cnn".
+    let backbone = function VitArch _ -> "vit" | CnnArch c -> CnnKind.name c.Kind
+    let numClasses = function VitArch c -> c.NumClasses | CnnArch c -> c.NumClasses
+    let inChans = function VitArch c -> c.InChans | CnnArch c -> c.InChans
+    let imgSize = function VitArch c -> c.ImgSize | CnnArch c -> c.ImgSize
+    let validate = function
+        | VitArch c -> VitConfig.validate c |> Result.map VitArch
+        | CnnArch c -> CnnConfig.validate c |> Result.map CnnArch

@@ -9,11 +9,9 @@ open System.IO
 open System.Text.Json
 open SfMoe.Core.Pattern
 open SfMoe.Core.Config
+open SfMoe
 
-exception ConfigException of string
-    with override this.Message = this.Data0
-
-let private fail fmt = Printf.ksprintf (fun s -> raise (ConfigException s)) fmt
+let private fail fmt = Fail.config fmt
 
 let private kindName (k: JsonValueKind) =
     match k with
@@ -94,31 +92,48 @@ type private Obj(path: string, el: JsonElement) =
             if v.ValueKind <> JsonValueKind.Object then fail "%s must be an object, got %s" (this.Key k) (kindName v.ValueKind)
             Obj(this.Key k, v))
 
-let routers = [ "linear", LinearRouter; "cosine", CosineRouter ]
-let policies = [ "all", SecondAll; "none", SecondNone; "threshold", SecondThreshold; "random", SecondRandom ]
-let scopes = [ "image", PerImage; "batch", PerBatch ]
+/// The names of the choices in JSON (and on the command line). A case's own setting (projection size, threshold,
+/// minimum capacity) is a key of its own; these names build a case from it.
+let routers = [ "linear", (fun (_: int) -> LinearRouter); "cosine", CosineRouter ]
+let policies = [ "all", (fun (_: float) -> SecondAll); "none", (fun (_: float) -> SecondNone); "threshold", SecondThreshold; "random", SecondRandom ]
+let scopes = [ "image", PerImage; "batch", (fun (_: int) -> PerBatch) ]
 let auxLosses = [ "gshard", GShardLoss; "load_importance", LoadImportanceLoss ]
 
-let private nameOf (choices: (string * 'a) list) (v: 'a) = choices |> List.find (fun (_, x) -> x = v) |> fst
+let routerName = function LinearRouter -> "linear" | CosineRouter _ -> "cosine"
+let policyName = function SecondAll -> "all" | SecondNone -> "none" | SecondThreshold _ -> "threshold" | SecondRandom _ -> "random"
+let scopeName = function PerImage _ -> "image" | PerBatch -> "batch"
+let private auxLossName = function GShardLoss -> "gshard" | LoadImportanceLoss -> "load_importance"
+
+/// A policy by name, keeping `current`'s threshold (or SF-MoE's default) for the threshold and random policies.
+let policyNamed (current: SecondPolicy) (make: float -> SecondPolicy) =
+    make (defaultArg (SecondPolicy.threshold current) SecondPolicy.defaultThreshold)
 
 let private moeOf (o: Obj) (b: MoeConfig) : MoeConfig =
     let d (x: 'a option) (dflt: 'a) = defaultArg x dflt
+    let router =
+        let proj = match b.Router with CosineRouter p -> p | LinearRouter -> RouterKind.defaultProjDim
+        let make = d (o.Choice("router", routers)) (match b.Router with LinearRouter -> (fun _ -> LinearRouter) | CosineRouter _ -> CosineRouter)
+        make (d (o.Int "cosine_proj_dim") proj)
+    let policy =
+        let make = d (o.Choice("second_policy", policies)) (fun t -> match b.SecondPolicy with SecondThreshold _ -> SecondThreshold t | SecondRandom _ -> SecondRandom t | p -> p)
+        make (d (o.Float "second_threshold") (defaultArg (SecondPolicy.threshold b.SecondPolicy) SecondPolicy.defaultThreshold))
+    let scope =
+        let minCap = match b.Scope with PerImage c -> c | PerBatch -> CapacityScope.defaultMinCapacity
+        let make = d (o.Choice("capacity_scope", scopes)) (match b.Scope with PerImage _ -> PerImage | PerBatch -> (fun _ -> PerBatch))
+        make (d (o.Int "min_capacity") minCap)
     { NumExperts = d (o.Int "num_experts") b.NumExperts
       TopK = d (o.Int "top_k") b.TopK
-      Router = d (o.Choice("router", routers)) b.Router
-      SecondPolicy = d (o.Choice("second_policy", policies)) b.SecondPolicy
-      SecondThreshold = d (o.Float "second_threshold") b.SecondThreshold
+      Router = router
+      SecondPolicy = policy
       CapacityTrain = d (o.Capacity "capacity_factor_train") b.CapacityTrain
       CapacityEval = d (o.Capacity "capacity_factor_eval") b.CapacityEval
-      MinCapacity = d (o.Int "min_capacity") b.MinCapacity
-      Scope = d (o.Choice("capacity_scope", scopes)) b.Scope
+      Scope = scope
       BatchPrioritized = d (o.Bool "batch_prioritized") b.BatchPrioritized
       GateNoise = d (o.Float "gate_noise") b.GateNoise
       AuxLoss = d (o.Choice("aux_loss", auxLosses)) b.AuxLoss
       AuxLossWeight = d (o.Float "aux_loss_weight") b.AuxLossWeight
       ExpertBias = d (o.Bool "expert_bias") b.ExpertBias
-      ExpertDropout = d (o.Float "expert_dropout") b.ExpertDropout
-      CosineProjDim = d (o.Int "cosine_proj_dim") b.CosineProjDim }
+      ExpertDropout = d (o.Float "expert_dropout") b.ExpertDropout }
 
 let private hybridOf (o: Obj) (b: HybridConfig option) : HybridConfig option =
     let k = "hybrid_backbone"
@@ -173,8 +188,8 @@ let ofElement (resolveModel: string -> Result<VitConfig, string>) (el: JsonEleme
         | Some m ->
             // A cosine router without a base model starts from GMoE's defaults, a linear one from SF-MoE's.
             let start =
-                match baseCfg, m.Choice("router", routers) with
-                | None, Some CosineRouter -> MoeConfig.gmoe
+                match baseCfg, m.String "router" with
+                | None, Some "cosine" -> MoeConfig.gmoe
                 | _ -> b.Moe
             moeOf m start
         | None -> b.Moe
@@ -250,20 +265,24 @@ let writeMembers (w: Utf8JsonWriter) (c: VitConfig) =
     w.WriteStartObject "moe"
     w.WriteNumber("num_experts", m.NumExperts)
     w.WriteNumber("top_k", m.TopK)
-    w.WriteString("router", nameOf routers m.Router)
-    w.WriteString("second_policy", nameOf policies m.SecondPolicy)
-    w.WriteNumber("second_threshold", m.SecondThreshold)
+    w.WriteString("router", routerName m.Router)
+    w.WriteString("second_policy", policyName m.SecondPolicy)
+    SecondPolicy.threshold m.SecondPolicy |> Option.iter (fun t -> w.WriteNumber("second_threshold", t))
     capJson w "capacity_factor_train" m.CapacityTrain
     capJson w "capacity_factor_eval" m.CapacityEval
-    w.WriteNumber("min_capacity", m.MinCapacity)
-    w.WriteString("capacity_scope", nameOf scopes m.Scope)
+    match m.Scope with
+    | PerImage c -> w.WriteNumber("min_capacity", c)
+    | PerBatch -> ()
+    w.WriteString("capacity_scope", scopeName m.Scope)
     w.WriteBoolean("batch_prioritized", m.BatchPrioritized)
     w.WriteNumber("gate_noise", m.GateNoise)
-    w.WriteString("aux_loss", nameOf auxLosses m.AuxLoss)
+    w.WriteString("aux_loss", auxLossName m.AuxLoss)
     w.WriteNumber("aux_loss_weight", m.AuxLossWeight)
     w.WriteBoolean("expert_bias", m.ExpertBias)
     w.WriteNumber("expert_dropout", m.ExpertDropout)
-    w.WriteNumber("cosine_proj_dim", m.CosineProjDim)
+    match m.Router with
+    | CosineRouter p -> w.WriteNumber("cosine_proj_dim", p)
+    | LinearRouter -> ()
     w.WriteEndObject()
 
 /// A config as JSON text (round-trips through `parse`).

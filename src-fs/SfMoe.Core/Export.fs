@@ -22,10 +22,10 @@ module Format =
         all |> List.tryFind (fun (n, _) -> String.Equals(n, (if isNull s then "" else s.Trim()), StringComparison.OrdinalIgnoreCase)) |> Option.map snd
 
 /// A network's tensors under PyTorch's names (views of the parameters; do not dispose them).
-let stateDict (net: Train.Network) : (string * Tensor) list =
+let stateDict (net: Networks.Network) : (string * Tensor) list =
     let sd = [ for KeyValue(k, v) in net.Module.state_dict () -> k, v ]
     match net with
-    | Train.ResNetNet _ ->
+    | Networks.ResNetNet _ ->
         sd
         |> List.map (fun (k, v) ->
             if k.StartsWith "featurizer.network." then k.Substring "featurizer.network.".Length, v
@@ -34,7 +34,7 @@ let stateDict (net: Train.Network) : (string * Tensor) list =
     | _ -> sd
 
 /// Write a network's weights; `metadata` goes into the safetensors header (the .pth holds tensors only).
-let write (format: Format) (path: string) (net: Train.Network) (metadata: Map<string, string>) : unit =
+let write (format: Format) (path: string) (net: Networks.Network) (metadata: Map<string, string>) : unit =
     let sd = stateDict net
     match format with
     | TimmSafetensors -> SafeTensors.write path (metadata.Add("format", "pt")) sd

@@ -31,10 +31,9 @@ open SfMoe.Core.Pattern
 open SfMoe.Core.Config
 open SfMoe.Core.Pickle
 
-exception ImportException of string
-    with override this.Message = this.Data0
+open SfMoe
 
-let private fail fmt = Printf.ksprintf (fun s -> raise (ImportException s)) fmt
+let private fail fmt = Printf.ksprintf (fun s -> raise (CheckpointException s)) fmt
 
 type Format =
     | Deit
@@ -147,19 +146,13 @@ let private isTensorDict (v: PyValue) =
     | PyDict d -> d.Count > 0 && d.Items |> Seq.forall (fun (k, x) -> (match k with PyStr _ -> true | _ -> false) && (match x with PyTensor _ -> true | _ -> false))
     | _ -> false
 
-/// A torch.save file, its reader's and unpickler's errors as ImportException.
-let private readTorch (path: string) =
-    try TorchFile.read path
-    with
-    | TorchFile.TorchFileException m -> fail "%s" m
-    | PickleException m -> fail "%s" m
+/// A torch.save file (its reader's and unpickler's errors are CheckpointExceptions already).
+let private readTorch (path: string) = TorchFile.read path
 
 /// Read a flat state dict from .safetensors or a torch.save file; `wrappers` are keys that may hold it.
 let private readFlat (path: string) (wrappers: string list) : (string * Tensor) list * (string * string) list * Map<string, string> =
     if isSafetensors path then
-        let c =
-            try SafeTensors.read path
-            with SafeTensors.SafeTensorsException m -> fail "%s" m
+        let c = SafeTensors.read path
         c.Tensors, [], c.Metadata
     else
         use ck = readTorch path
@@ -355,7 +348,7 @@ let read (format: Format) (path: string) : Source =
         match meta.TryFind "sfmoe_model_config" with
         | Some json ->
             try Some(ConfigJson.parse Registry.tryCreate json)
-            with ConfigJson.ConfigException m -> fail "%s: its sfmoe_model_config metadata is invalid: %s" path m
+            with :? ConfigException as e -> fail "%s: its sfmoe_model_config metadata is invalid: %s" path e.Message
         | None -> None
     match format with
     | Deit ->
@@ -372,9 +365,7 @@ let read (format: Format) (path: string) : Source =
         let ts, renamed = fromTorchvision ts
         { baseSource with Tensors = ts; Renamed = renamed; Info = others; IsResNet = true }
     | Augreg ->
-        let arrays =
-            try Npz.read path
-            with Npz.NpzException m -> fail "%s" m
+        let arrays = Npz.read path
         try
             let ts, renamed, ignored = fromAugreg path arrays
             { baseSource with Tensors = ts; Renamed = renamed; Ignored = ignored; Normalization = Normalization.inception }
@@ -487,7 +478,7 @@ let inferConfig (src: Source) : VitConfig * string list =
             let e = int (req (p + "experts.w1")).[0]
             let bias = t.ContainsKey(p + "experts.b1")
             match shape (p + "gate.sim_matrix") with
-            | Some s -> { MoeConfig.gmoe with NumExperts = e; CosineProjDim = int s[0]; ExpertBias = bias }
+            | Some s -> { MoeConfig.gmoe with NumExperts = e; Router = CosineRouter(int s[0]); ExpertBias = bias }
             | None -> { MoeConfig.sfmoe with NumExperts = e; ExpertBias = bias }
     let heads = max 1 (d / 64)
     let classes =
@@ -513,7 +504,7 @@ let inferConfig (src: Source) : VitConfig * string list =
           | Some h -> yield sprintf "GroupNorm with %d groups assumed (the most, up to timm's 32, that divide every width)" h.NumGroups
           | None -> ()
           if kinds |> List.contains Sparse then
-              yield sprintf "MoE settings other than the expert count are the %s defaults" (if moe.Router = CosineRouter then "GMoE" else "SF-MoE")
+              yield sprintf "MoE settings other than the expert count are the %s defaults" (match moe.Router with CosineRouter _ -> "GMoE" | LinearRouter -> "SF-MoE")
           if not (t.ContainsKey "head.weight") then yield "no head in the checkpoint: 1000 classes assumed" ]
     match VitConfig.validate cfg with
     | Ok c -> c, notes
@@ -574,19 +565,21 @@ let private denseRx = Regex(@"^blocks\.(\d+)\.mlp\.fc[12]\.(weight|bias)$")
 /// The default expert init for a network: KeepInit for SF-MoE (linear router; the authors' behaviour), CopyDense for
 /// GMoE (cosine router; GMoE copies DeiT's FFN into every expert).
 let defaultExperts (c: VitConfig) : Upcycle.ExpertInit =
-    if c.Moe.Router = CosineRouter then Upcycle.CopyDense else Upcycle.KeepInit
+    match c.Moe.Router with
+    | CosineRouter _ -> Upcycle.CopyDense
+    | LinearRouter -> Upcycle.KeepInit
 
 /// Load a checkpoint into a network in place (see the module doc). Nothing is copied unless the whole load is valid.
-let loadInto (net: Train.Network) (src: Source) (experts: Upcycle.ExpertInit option) : Report =
+let loadInto (net: Networks.Network) (src: Source) (experts: Upcycle.ExpertInit option) : Report =
     let target = net.Module.state_dict ()
     let cfg =
         match net with
-        | Train.VitNet v -> Some v.Config
+        | Networks.VitNet v -> Some v.Config
         | _ -> None
     match net, src.IsResNet with
-    | Train.VitNet _, true -> fail "%s is a ResNet-50 checkpoint; the network is a ViT" src.Path
-    | Train.ResNetNet _, false -> fail "%s is not a ResNet-50 checkpoint (torchvision or DomainBed ERM names); the network is a ResNet-50" src.Path
-    | Train.MnistNet _, _ -> fail "no pretrained weights exist for mnist_cnn"
+    | Networks.VitNet _, true -> fail "%s is a ResNet-50 checkpoint; the network is a ViT" src.Path
+    | Networks.ResNetNet _, false -> fail "%s is not a ResNet-50 checkpoint (torchvision or DomainBed ERM names); the network is a ResNet-50" src.Path
+    | Networks.MnistNet _, _ -> fail "no pretrained weights exist for mnist_cnn"
     | _ -> ()
     let mode = match experts, cfg with | Some m, _ -> m | None, Some c -> defaultExperts c | None, None -> Upcycle.KeepInit
     let kinds = cfg |> Option.map VitConfig.kinds |> Option.defaultValue [||]

@@ -70,7 +70,7 @@ let forwardWith (c: VitConfig) (ctx: Ctx) (p: Params) (draws: Router.Draws) (wan
     use index = Router.choose m.TopK probs // (S, k)
     use gates = Router.gates probs index // (S, k), with gradient
     use g2 = if m.TopK = 2 then gates.select(1L, 1L).detach() else null
-    let groups = match m.Scope with PerImage -> b | PerBatch -> 1L
+    let groups = match m.Scope with PerImage _ -> b | PerBatch -> 1L
     use decision = Router.decide m ctx draws groups probs index (Option.ofObj g2)
     // Kept (token, choice) pairs, sorted by expert (stable): contiguous slices per expert.
     use stop = (float s).ToScalar()

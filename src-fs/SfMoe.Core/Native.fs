@@ -8,10 +8,7 @@ open System
 open System.IO
 open System.Runtime.InteropServices
 open TorchSharp
-
-/// Raised when the native TorchSharp/libtorch libraries cannot be loaded; the message says what to do.
-exception NativeLoadException of string
-    with override this.Message = this.Data0
+open SfMoe
 
 let private libName = "libLibTorchSharp.so"
 
@@ -50,13 +47,13 @@ let private load () =
         for path in candidatePaths () |> List.truncate 1 do
             match tryLoad path with
             | Ok() -> ()
-            | Error msg -> raise (NativeLoadException msg)
+            | Error msg -> raise (NativeLibraryException msg)
     try
         torch.InitializeDeviceType DeviceType.CPU
     with e ->
         let rec inner (e: exn) = if isNull e.InnerException then e else inner e.InnerException
         let detail = (inner e).Message.Split('\n') |> Array.head
-        raise (NativeLoadException(sprintf "TorchSharp could not load libtorch: %s. %s" detail advice))
+        raise (NativeLibraryException(sprintf "TorchSharp could not load libtorch: %s. %s" detail advice))
 
 let private loaded = lazy (load ())
 

@@ -12,10 +12,9 @@ open System.Text.RegularExpressions
 open TorchSharp
 open SfMoe.Core.Tensors
 
-exception NpzException of string
-    with override this.Message = this.Data0
+open SfMoe
 
-let private fail (src: string) fmt = Printf.ksprintf (fun s -> raise (NpzException(sprintf "%s: %s" src s))) fmt
+let private fail (src: string) fmt = Printf.ksprintf (fun s -> raise (CheckpointException(sprintf "%s: %s" src s))) fmt
 
 let private dtypes =
     [ "f4", torch.ScalarType.Float32, 4

@@ -9,6 +9,7 @@ open System
 open TorchSharp
 open TorchSharp.Modules
 open SfMoe.Core.Tensors
+open SfMoe
 
 type Kind =
     | AdamL2
@@ -84,8 +85,8 @@ type Adam(parameters: (string * Parameter) list, kind: Kind, lr: float, weightDe
             for key, target in [ "exp_avg." + name, s.ExpAvg; "exp_avg_sq." + name, s.ExpAvgSq ] do
                 match byName.TryGetValue key with
                 | true, t when t.shape = target.shape -> target.copy_(t) |> ignore
-                | true, t -> invalidArg "tensors" (sprintf "optimizer state %s: expected shape %A, found %A" key target.shape t.shape)
-                | _ -> invalidArg "tensors" (sprintf "optimizer state lacks %s" key)
+                | true, t -> Fail.checkpoint "optimizer state %s: expected shape %A, found %A" key target.shape t.shape
+                | _ -> Fail.checkpoint "optimizer state lacks %s" key
         step <- stepCount
 
     interface IDisposable with

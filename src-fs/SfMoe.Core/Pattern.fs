@@ -42,8 +42,10 @@ type PatternError =
     override this.ToString() =
         sprintf "pattern \"%s\" at column %d: %s" this.Input this.Column this.Message
 
-exception PatternException of PatternError
-    with override this.Message = this.Data0.ToString()
+/// A pattern that does not parse; `Error` says where and why.
+type PatternException(error: PatternError) =
+    inherit SfMoe.ConfigException(error.ToString())
+    member _.Error = error
 
 /// Canonical text: terms separated by ',', counts as "xN" only when N > 1, groups in brackets, no spaces.
 let rec print (p: Pattern) : string =
@@ -164,7 +166,7 @@ let parse (input: string) : Result<Pattern, PatternError> =
         if length p > int64 maxBlocks then
             Error { Input = input; Column = 1; Message = sprintf "pattern expands to more than %d blocks" maxBlocks }
         else Ok p
-    with PatternException e -> Error e
+    with :? PatternException as e -> Error e.Error
 
 /// Parse or raise PatternException.
 let parseOrFail (input: string) : Pattern =

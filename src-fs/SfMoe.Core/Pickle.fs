@@ -17,9 +17,7 @@ open System.IO
 open System.Numerics
 open System.Text
 open TorchSharp
-
-exception PickleException of string
-    with override this.Message = this.Data0
+open SfMoe
 
 /// A typed storage of a torch.save file: its key (file name in the archive), element type and length.
 type StorageRef =
@@ -142,7 +140,7 @@ let elementSize (dt: torch.ScalarType) =
     | torch.ScalarType.Float32 | torch.ScalarType.Int32 -> 4
     | torch.ScalarType.Float16 | torch.ScalarType.BFloat16 | torch.ScalarType.Int16 -> 2
     | torch.ScalarType.Int8 | torch.ScalarType.Byte | torch.ScalarType.Bool -> 1
-    | _ -> raise (PickleException(sprintf "unsupported element type %A" dt))
+    | _ -> raise (CheckpointException(sprintf "unsupported element type %A" dt))
 
 /// The accepted globals ("module.name"); storage types are accepted separately.
 let private allowed =
@@ -171,28 +169,28 @@ let private int64Of (what: string) (v: PyValue) =
     match v with
     | PyInt i when i >= BigInteger Int64.MinValue && i <= BigInteger Int64.MaxValue -> int64 i
     | PyBool b -> if b then 1L else 0L
-    | _ -> raise (PickleException(sprintf "%s: expected an integer, found %s" what (describe v)))
+    | _ -> raise (CheckpointException(sprintf "%s: expected an integer, found %s" what (describe v)))
 
 let private intsOf (what: string) (v: PyValue) =
     match v with
     | PyTuple xs -> xs |> Array.map (int64Of what)
     | PyList xs -> xs.ToArray() |> Array.map (int64Of what)
-    | _ -> raise (PickleException(sprintf "%s: expected a tuple of integers, found %s" what (describe v)))
+    | _ -> raise (CheckpointException(sprintf "%s: expected a tuple of integers, found %s" what (describe v)))
 
 /// A numpy scalar from its dtype and raw bytes (numpy.core.multiarray.scalar): a number, nothing else.
 let private numpyScalar (src: string) (dtype: PyValue) (data: PyValue) : PyValue =
     let code, order =
         match dtype with
         | PyDtype(c, o) -> c, o
-        | v -> raise (PickleException(sprintf "%s: numpy scalar with dtype %s" src (describe v)))
+        | v -> raise (CheckpointException(sprintf "%s: numpy scalar with dtype %s" src (describe v)))
     let bytes =
         match data with
         | PyBytes b -> Array.copy b
         | PyStr s -> s |> Seq.map byte |> Array.ofSeq
-        | v -> raise (PickleException(sprintf "%s: numpy scalar data is %s" src (describe v)))
+        | v -> raise (CheckpointException(sprintf "%s: numpy scalar data is %s" src (describe v)))
     if order = ">" then Array.Reverse bytes
     let need n =
-        if bytes.Length <> n then raise (PickleException(sprintf "%s: numpy scalar %s has %d bytes, expected %d" src code bytes.Length n))
+        if bytes.Length <> n then raise (CheckpointException(sprintf "%s: numpy scalar %s has %d bytes, expected %d" src code bytes.Length n))
     match code with
     | "f8" -> need 8; PyFloat(BitConverter.ToDouble(bytes, 0))
     | "f4" -> need 4; PyFloat(float (BitConverter.ToSingle(bytes, 0)))
@@ -206,13 +204,13 @@ let private numpyScalar (src: string) (dtype: PyValue) (data: PyValue) : PyValue
     | "u2" -> need 2; PyInt(BigInteger(BitConverter.ToUInt16(bytes, 0)))
     | "u1" -> need 1; PyInt(BigInteger(int bytes[0]))
     | "b1" -> need 1; PyBool(bytes[0] <> 0uy)
-    | c -> raise (PickleException(sprintf "refused numpy scalar of dtype %s in %s (only numbers are read)" c src))
+    | c -> raise (CheckpointException(sprintf "refused numpy scalar of dtype %s in %s (only numbers are read)" c src))
 
 /// Apply an accepted callable to its arguments (REDUCE / NEWOBJ).
 let private call (src: string) (fn: string) (args: PyValue[]) : PyValue =
     let arg i what =
         if i < args.Length then args[i]
-        else raise (PickleException(sprintf "%s: %s takes %s but got %d arguments" src fn what args.Length))
+        else raise (CheckpointException(sprintf "%s: %s takes %s but got %d arguments" src fn what args.Length))
     match fn with
     | "collections.OrderedDict" ->
         let d = PyDictObj(true)
@@ -222,52 +220,52 @@ let private call (src: string) (fn: string) (args: PyValue[]) : PyValue =
                 for it in items do
                     match it with
                     | PyTuple [| k; v |] -> d.Set(k, v)
-                    | v -> raise (PickleException(sprintf "%s: OrderedDict item is %s" src (describe v)))
+                    | v -> raise (CheckpointException(sprintf "%s: OrderedDict item is %s" src (describe v)))
             | PyDict other -> for k, v in other.Items do d.Set(k, v)
-            | v -> raise (PickleException(sprintf "%s: OrderedDict(%s)" src (describe v)))
+            | v -> raise (CheckpointException(sprintf "%s: OrderedDict(%s)" src (describe v)))
         PyDict d
     | "torch.Size" ->
         match args with
         | [||] -> PyTuple [||]
         | [| PyTuple t |] -> PyTuple t
         | [| PyList l |] -> PyTuple(l.ToArray())
-        | _ -> raise (PickleException(sprintf "%s: torch.Size with unexpected arguments" src))
+        | _ -> raise (CheckpointException(sprintf "%s: torch.Size with unexpected arguments" src))
     | "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor" ->
         let storage =
             match arg 0 "a storage" with
             | PyStorage s -> s
-            | v -> raise (PickleException(sprintf "%s: %s expects a storage, found %s" src fn (describe v)))
+            | v -> raise (CheckpointException(sprintf "%s: %s expects a storage, found %s" src fn (describe v)))
         let size = intsOf "tensor size" (arg 2 "a size")
         let stride = intsOf "tensor stride" (arg 3 "a stride")
         if size.Length <> stride.Length then
-            raise (PickleException(sprintf "%s: tensor size %A and stride %A differ in rank" src size stride))
+            raise (CheckpointException(sprintf "%s: tensor size %A and stride %A differ in rank" src size stride))
         if fn.EndsWith "_v2" && args.Length > 5 then
             match args[5] with
             | PyDict d when d.Count = 0 -> ()
             | PyNone -> ()
-            | v -> raise (PickleException(sprintf "%s: a tensor with backward hooks (%s) is refused" src (describe v)))
+            | v -> raise (CheckpointException(sprintf "%s: a tensor with backward hooks (%s) is refused" src (describe v)))
         PyTensor { Storage = storage; Offset = int64Of "storage offset" (arg 1 "an offset"); Size = size; Stride = stride }
     | "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" ->
         match arg 0 "a tensor" with
         | PyTensor t -> PyTensor t
-        | v -> raise (PickleException(sprintf "%s: %s of %s" src fn (describe v)))
+        | v -> raise (CheckpointException(sprintf "%s: %s of %s" src fn (describe v)))
     | "numpy.dtype" ->
         match arg 0 "a type code" with
         | PyStr code -> PyDtype(code, "<")
-        | v -> raise (PickleException(sprintf "%s: numpy.dtype(%s)" src (describe v)))
+        | v -> raise (CheckpointException(sprintf "%s: numpy.dtype(%s)" src (describe v)))
     | "numpy.core.multiarray.scalar" | "numpy._core.multiarray.scalar" ->
         numpyScalar src (arg 0 "a dtype") (if args.Length > 1 then args[1] else PyBytes [||])
     | "_codecs.encode" ->
         match args with
         | [| PyStr s; PyStr enc |] when enc = "latin1" || enc = "latin-1" ->
-            PyBytes(s |> Seq.map (fun c -> if int c > 255 then raise (PickleException(sprintf "%s: _codecs.encode of a non-latin1 string" src)) else byte c) |> Array.ofSeq)
-        | _ -> raise (PickleException(sprintf "%s: _codecs.encode is accepted only as the latin1 encoding of a string" src))
-    | g -> raise (PickleException(sprintf "refused global %s in %s" g src))
+            PyBytes(s |> Seq.map (fun c -> if int c > 255 then raise (CheckpointException(sprintf "%s: _codecs.encode of a non-latin1 string" src)) else byte c) |> Array.ofSeq)
+        | _ -> raise (CheckpointException(sprintf "%s: _codecs.encode is accepted only as the latin1 encoding of a string" src))
+    | g -> raise (CheckpointException(sprintf "refused global %s in %s" g src))
 
 /// Read one pickle from data[start..]; returns the value and the position after its STOP opcode.
 /// `src` names the source in messages (a file name).
 let load (src: string) (data: byte[]) (start: int) (persistentLoad: PersistentLoad) : PyValue * int =
-    let fail fmt = Printf.ksprintf (fun s -> raise (PickleException(sprintf "%s: %s" src s))) fmt
+    let fail fmt = Printf.ksprintf (fun s -> raise (CheckpointException(sprintf "%s: %s" src s))) fmt
     let mutable pos = start
     let truncated () = fail "truncated or corrupt pickle (ends at byte %d without a STOP opcode)" data.Length
     let need n = if pos + n > data.Length || n < 0 then truncated ()
@@ -326,7 +324,7 @@ let load (src: string) (data: byte[]) (start: int) (persistentLoad: PersistentLo
         else
             match storageGlobal full with
             | Some s -> PyGlobal("storage:" + s)
-            | None -> raise (PickleException(sprintf "refused global %s in %s (only tensors, numbers, strings, lists, tuples, dicts and ordered dicts are read; nothing in the file is executed)" full src))
+            | None -> raise (CheckpointException(sprintf "refused global %s in %s (only tensors, numbers, strings, lists, tuples, dicts and ordered dicts are read; nothing in the file is executed)" full src))
     let setItems (target: PyValue) (kvs: PyValue[]) =
         match target with
         | PyDict d ->
@@ -485,7 +483,7 @@ let load (src: string) (data: byte[]) (start: int) (persistentLoad: PersistentLo
             let cls = pop ()
             match cls, args with
             | PyGlobal "collections.OrderedDict", PyTuple a -> push (call src "collections.OrderedDict" a)
-            | PyGlobal g, _ -> raise (PickleException(sprintf "refused object of class %s in %s" g src))
+            | PyGlobal g, _ -> raise (CheckpointException(sprintf "refused object of class %s in %s" g src))
             | v, _ -> fail "NEWOBJ on %s" (describe v)
         | 0x62uy -> // BUILD
             let state = pop ()
@@ -503,11 +501,11 @@ let load (src: string) (data: byte[]) (start: int) (persistentLoad: PersistentLo
         | 0x69uy -> // INST "module\nname\n"
             let m = line ()
             let n = line ()
-            raise (PickleException(sprintf "refused global %s.%s in %s (INST)" m n src))
+            raise (CheckpointException(sprintf "refused global %s.%s in %s (INST)" m n src))
         | 0x6fuy -> // OBJ
             let items = popMark ()
             let cls = if items.Length > 0 then describe items[0] else "?"
-            raise (PickleException(sprintf "refused object of class %s in %s (OBJ)" cls src))
+            raise (CheckpointException(sprintf "refused object of class %s in %s (OBJ)" cls src))
         | 0x51uy -> // BINPERSID
             let pid = pop ()
             push (persistentLoad pid)
@@ -612,7 +610,7 @@ type Writer() =
             w.Str "storage"
             match storageTypeOf dt with
             | Some st -> w.Global("torch", st)
-            | None -> raise (PickleException(sprintf "%s: element type %A cannot be written" name dt))
+            | None -> raise (CheckpointException(sprintf "%s: element type %A cannot be written" name dt))
             w.Str key
             w.Str "cpu"
             w.Int numel

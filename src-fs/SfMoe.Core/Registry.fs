@@ -38,8 +38,8 @@ let private hybrid h (d: ModelDef) = { d with Hybrid = Some h }
 let private sf = MoeConfig.sfmoe
 let private gm = MoeConfig.gmoe
 
-/// The registry, one row per variant.
-let all : ModelDef list =
+/// The ViT variants, one row each.
+let vits : ModelDef list =
     [ row "vit_tiny_patch16_224" "tiny" 16 224 false "vit" sf 0.0 1000 "ViT-Ti/16 (timm)"
       row "vit_small_patch16_224" "small" 16 224 false "vit" sf 0.0 1000 "ViT-S/16 (timm)"
       row "vit_base_patch16_224" "base" 16 224 false "vit" sf 0.0 1000 "ViT-B/16 (timm)"
@@ -54,7 +54,7 @@ let all : ModelDef list =
       row "gmoe_small_patch16_224" "small" 16 224 false "gmoe" gm 0.1 1000 "GMoE-S/16: DeiT-S, cosine top-1, E=6 at blocks 8, 10"
       row "vit_test_patch8_32" "test" 8 32 false "Fx4" sf 0.0 10 "tiny dense ViT for tests and examples (32x32)"
       row "sfmoe_test_patch8_32" "test" 8 32 true "[F,S]x2" sf 0.0 10 "tiny SF-MoE for tests and examples (32x32, E=4, top-2)"
-      row "gmoe_test_patch8_32" "test" 8 32 false "[F,S]x2" { gm with CosineProjDim = 32 } 0.1 10 "tiny GMoE for tests (32x32, cosine top-1)"
+      row "gmoe_test_patch8_32" "test" 8 32 false "[F,S]x2" { gm with Router = CosineRouter 32 } 0.1 10 "tiny GMoE for tests (32x32, cosine top-1)"
       row "deit_test_distilled_patch8_32" "test" 8 32 true "Fx4" sf 0.0 10 "tiny distilled ViT for tests (32x32)"
       row "vit_small_r26_s32_224" "small" 1 224 false "vit" sf 0.0 1000 "R26+ViT-S/32 hybrid (timm; augreg weights want mean = std = 0.5): Hybrid ViT, the dense twin of hybrid_sfmoe"
       |> hybrid HybridConfig.r26
@@ -91,16 +91,57 @@ let private distance (a: string) (b: string) =
             d[i, j] <- min (min (d[i - 1, j] + 1) (d[i, j - 1] + 1)) (d[i - 1, j - 1] + cost)
     d[a.Length, b.Length]
 
-let tryFind (name: string) = all |> List.tryFind (fun d -> d.Name = name)
+/// How a CNN baseline's input size is set.
+type InputSize =
+    /// Always this size (DomainBed resizes images to 224 for the ResNet).
+    | Fixed of int
+    /// The data's own size (MNIST_CNN pools globally), this one when no data is given.
+    | FromData of fallback: int
 
-/// The config of a named variant; an unknown name lists the nearest names.
-let tryCreate (name: string) : Result<VitConfig, string> =
-    match tryFind name with
-    | Some d -> toConfig d
+/// A CNN baseline row.
+type CnnDef =
+    { Name: string
+      Kind: CnnKind
+      InChans: int
+      NumClasses: int
+      InputSize: InputSize
+      Description: string }
+
+/// DomainBed's ERM baselines.
+let cnns : CnnDef list =
+    [ { Name = "resnet50"; Kind = ResNet50; InChans = 3; NumClasses = 1000; InputSize = Fixed 224
+        Description = "ResNet-50 (torchvision), BatchNorm frozen, dropout on the features: DomainBed's ERM for image datasets" }
+      { Name = "mnist_cnn"; Kind = MnistCnn; InChans = 1; NumClasses = 10; InputSize = FromData 28
+        Description = "DomainBed's MNIST_CNN (4 convolutions + GroupNorm): ERM for RotatedMNIST and ColoredMNIST" } ]
+
+/// A registry row: a ViT variant or a CNN baseline.
+type Entry =
+    | Vit of ModelDef
+    | Cnn of CnnDef
+
+    member e.Name = match e with Vit d -> d.Name | Cnn d -> d.Name
+    member e.Description = match e with Vit d -> d.Description | Cnn d -> d.Description
+
+/// Every row: the ViT variants, then the CNN baselines.
+let entries : Entry list = (vits |> List.map Vit) @ (cnns |> List.map Cnn)
+
+let tryFind (name: string) = vits |> List.tryFind (fun d -> d.Name = name)
+
+/// The row of a name; an unknown name lists the nearest names.
+let tryEntry (name: string) : Result<Entry, string> =
+    match entries |> List.tryFind (fun e -> e.Name = name) with
+    | Some e -> Ok e
     | None ->
         let near =
-            all
-            |> List.map (fun d -> d.Name)
+            entries
+            |> List.map (fun e -> e.Name)
             |> List.sortBy (fun n -> distance (name.ToLowerInvariant()) n)
             |> List.truncate 3
-        Error(sprintf "unknown model %s; did you mean %s? ('sfmoe models' lists all)" name (String.Join(", ", near)))
+        Error(sprintf "unknown model %s; did you mean %s? (the registry lists them all)" name (String.Join(", ", near)))
+
+/// The config of a named ViT variant; an unknown name lists the nearest names.
+let tryCreate (name: string) : Result<VitConfig, string> =
+    match tryEntry name with
+    | Ok(Vit d) -> toConfig d
+    | Ok(Cnn d) -> Error(sprintf "%s is a CNN baseline, not a ViT" d.Name)
+    | Error e -> Error e

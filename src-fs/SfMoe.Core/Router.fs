@@ -58,7 +58,7 @@ type Gate =
 let init (c: VitConfig) (dd: Dd) (g: torch.Generator option) : Gate =
     match c.Moe.Router with
     | LinearRouter -> Linear(new LinearGate(c.EmbedDim, c.Moe.NumExperts, dd, g))
-    | CosineRouter -> Cosine(new CosineGate(c.EmbedDim, c.Moe.NumExperts, c.Moe.CosineProjDim, dd, g))
+    | CosineRouter projDim -> Cosine(new CosineGate(c.EmbedDim, c.Moe.NumExperts, projDim, dd, g))
 
 /// Router logits: (S, D) -> (S, E), computed in float32.
 let logits (gate: Gate) (x: Tensor) : Tensor =
@@ -102,7 +102,7 @@ let capacity (m: MoeConfig) (training: bool) (n: int64) : int64 =
     | Dropless -> -1L
     | Factor cf ->
         match m.Scope with
-        | PerImage -> max (int64 m.MinCapacity) (min n (int64 (floor (float n * cf / float e))))
+        | PerImage minCapacity -> max (int64 minCapacity) (min n (int64 (floor (float n * cf / float e))))
         | PerBatch -> int64 m.TopK * int64 (cf * float ((n + e - 1L) / e))
 
 /// Exclusive cumulative count along the token axis of (G, n, E) int64 masks, visited in `order` (G, n) when
@@ -160,13 +160,13 @@ let decide (m: MoeConfig) (ctx: Ctx) (draws: Draws) (groups: int64) (probs: Tens
                 match m.SecondPolicy with
                 | SecondAll -> torch.ones(s, dtype = torch.ScalarType.Bool, device = probs.device)
                 | SecondNone -> torch.zeros(s, dtype = torch.ScalarType.Bool, device = probs.device)
-                | SecondThreshold -> g2.gt(Scalars.constant m.SecondThreshold)
-                | SecondRandom ->
+                | SecondThreshold threshold -> g2.gt(Scalars.constant threshold)
+                | SecondRandom threshold ->
                     use u =
                         match draws.Uniform with
                         | Some u -> u.reshape(s).``to``(g2.dtype, g2.device)
                         | None -> rand ctx [| s |] g2
-                    use ratio = g2.div(Scalars.constant (max m.SecondThreshold 1e-9))
+                    use ratio = g2.div(Scalars.constant (max threshold 1e-9))
                     u.lt(ratio))
         | _ -> None
     let kept =
@@ -206,7 +206,7 @@ let decide (m: MoeConfig) (ctx: Ctx) (draws: Draws) (groups: int64) (probs: Tens
                 // (lucidrains), all of them per batch (tutel).
                 use firstCount =
                     match m.Scope with
-                    | PerImage ->
+                    | PerImage _ ->
                         use k1 = kept1.unsqueeze(-1L).to_type(torch.ScalarType.Int64)
                         use kept1m = mask1 * k1
                         kept1m.sum([| 1L |], true) // (G, 1, E)

@@ -12,11 +12,9 @@ open System.Text.Json
 open System.Runtime.InteropServices
 open TorchSharp
 open SfMoe.Core.Tensors
+open SfMoe
 
-exception SafeTensorsException of string
-    with override this.Message = this.Data0
-
-let private fail path fmt = Printf.ksprintf (fun s -> raise (SafeTensorsException(sprintf "%s: %s" path s))) fmt
+let private fail path fmt = Printf.ksprintf (fun s -> raise (CheckpointException(sprintf "%s: %s" path s))) fmt
 
 let private dtypes =
     [ "F32", torch.ScalarType.Float32, 4
@@ -42,7 +40,7 @@ type Contents =
     member this.Item(name: string) =
         match this.Find name with
         | Some t -> t
-        | None -> raise (SafeTensorsException(sprintf "no tensor named %s" name))
+        | None -> raise (CheckpointException(sprintf "no tensor named %s" name))
 
 let private tensorOfBytes (bytes: byte[]) (dtype: torch.ScalarType) (shape: int64[]) : Tensor =
     let t = torch.empty(shape, dtype = dtype)
@@ -167,5 +165,5 @@ let write (path: string) (metadata: Map<string, string>) (tensors: (string * Ten
     with e ->
         (try File.Delete tmp with _ -> ())
         match e with
-        | SafeTensorsException _ -> reraise ()
+        | :? CheckpointException -> reraise ()
         | _ -> fail path "cannot write: %s" e.Message

@@ -31,7 +31,7 @@ let sparseBlockParams (c: VitConfig) : int64 =
     let router =
         match m.Router with
         | LinearRouter -> d * e
-        | CosineRouter -> let p = int64 m.CosineProjDim in d * p + p + p * e + 1L
+        | CosineRouter projDim -> let p = int64 projDim in d * p + p + p * e + 1L
     let experts = e * (d * h + h * d) + (if m.ExpertBias then e * (h + d) else 0L)
     attn + router + experts
 
@@ -90,7 +90,7 @@ let blockMacs (c: VitConfig) (n: int64) (kind: BlockKind) : int64 =
             let router =
                 match m.Router with
                 | LinearRouter -> n * d * int64 m.NumExperts
-                | CosineRouter -> n * (d * int64 m.CosineProjDim + int64 m.CosineProjDim * int64 m.NumExperts)
+                | CosineRouter projDim -> n * (d * int64 projDim + int64 projDim * int64 m.NumExperts)
             router + int64 m.TopK * 2L * n * d * h
     attn + ffn
 
@@ -117,3 +117,36 @@ let table (c: VitConfig) : (string * string * int64 * int64 * int64) list =
           yield sprintf "blocks.%d" i, BlockKind.letter kind, p, activeBlockParams c kind, blockMacs c n kind
       yield "norm", "norm", 2L * d, 2L * d, 0L
       yield "head", (if c.Distilled then "head+head_dist" else "head"), heads * (d * k + k), heads * (d * k + k), heads * d * k ]
+
+/// Parameters of a CNN baseline in closed form (torchvision's ResNet-50, DomainBed's MNIST_CNN, each with its linear
+/// classifier; BatchNorm running statistics are buffers, not parameters).
+let cnnParams (c: CnnConfig) : int64 =
+    let k, inC = int64 c.NumClasses, int64 c.InChans
+    match c.Kind with
+    | MnistCnn ->
+        let conv i o = i * 9L * o + o
+        conv inC 64L + conv 64L 128L + 2L * conv 128L 128L + 2L * (64L + 3L * 128L) + 128L * k + k
+    | ResNet50 ->
+        let stages = [ 64L, 3; 128L, 4; 256L, 6; 512L, 3 ]
+        let mutable inCh = 64L
+        let mutable total = inC * 64L * 49L + 2L * 64L
+        for mid, n in stages do
+            for i in 0 .. n - 1 do
+                let out = 4L * mid
+                total <- total + inCh * mid + mid * mid * 9L + mid * out + 2L * (mid + mid + out)
+                if i = 0 then total <- total + inCh * out + 2L * out
+                inCh <- out
+        total + 2048L * k + k
+
+/// Forward multiply-accumulates per image of an architecture: the closed forms above for a ViT, the convolutions'
+/// for the CNN baselines (MNIST_CNN at its input size, ResNet-50's published 4.1 G at 224).
+let macsPerImage (a: Architecture) : int64 =
+    match a with
+    | VitArch c -> table c |> List.sumBy (fun (_, _, _, _, m) -> m)
+    | CnnArch c ->
+        match c.Kind with
+        | MnistCnn ->
+            let s = int64 c.ImgSize
+            let h = (s + 1L) / 2L // the stride-2 second convolution
+            s * s * int64 c.InChans * 9L * 64L + h * h * (64L * 9L * 128L + 2L * 128L * 9L * 128L)
+        | ResNet50 -> int64 (4.1e9 * float (c.ImgSize * c.ImgSize) / (224.0 * 224.0))

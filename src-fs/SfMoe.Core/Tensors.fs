@@ -26,6 +26,12 @@ module Dd =
                 Ok { cpu with Device = torch.device d }
         | _ -> Error(sprintf "unknown device %s: expected cpu, cuda or cuda:N" s)
 
+    /// `parse`, raising a ConfigException on a bad or unavailable device.
+    let ofString (s: string) : Dd =
+        match parse s with
+        | Ok dd -> dd
+        | Error e -> raise (SfMoe.ConfigException e)
+
 /// Explicit forward context: training mode and the random generator used for dropout, drop-path,
 /// gate noise and the random second-expert policy. `Rng = None` draws from torch's global generator.
 type Ctx =

@@ -19,11 +19,9 @@ open System.Numerics
 open TorchSharp
 open SfMoe.Core.Tensors
 open SfMoe.Core.Pickle
+open SfMoe
 
-exception TorchFileException of string
-    with override this.Message = this.Data0
-
-let private fail (path: string) fmt = Printf.ksprintf (fun s -> raise (TorchFileException(sprintf "%s: %s" path s))) fmt
+let private fail (path: string) fmt = Printf.ksprintf (fun s -> raise (CheckpointException(sprintf "%s: %s" path s))) fmt
 
 /// Turns a persistent id ('storage', type, key, location, numel[, view]) into a storage.
 let private storageOf (path: string) (pid: PyValue) : PyValue =
@@ -254,7 +252,7 @@ let writeWrapped (wrap: string option) (path: string) (tensors: (string * Tensor
     with e ->
         (try File.Delete tmp with _ -> ())
         match e with
-        | TorchFileException _ | PickleException _ -> reraise ()
+        | :? CheckpointException -> reraise ()
         | _ -> fail path "cannot write: %s" e.Message
 
 /// Write tensors as torch.save(OrderedDict) would (zip format), atomically.

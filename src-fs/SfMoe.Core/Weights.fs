@@ -4,6 +4,7 @@ module SfMoe.Core.Weights
 
 open System
 open TorchSharp
+open SfMoe
 open SfMoe.Core.Tensors
 
 type Module = torch.nn.Module
@@ -15,9 +16,6 @@ type LoadReport =
       Unexpected: string list
       /// key, expected shape, found shape
       Mismatched: (string * int64[] * int64[]) list }
-
-exception WeightsException of string
-    with override this.Message = this.Data0
 
 let private shapeStr (s: int64[]) = "[" + String.Join(", ", s) + "]"
 
@@ -47,7 +45,7 @@ let check (m: Module) (src: (string * Tensor) list) : LoadReport =
 let load (strict: bool) (m: Module) (src: (string * Tensor) list) : LoadReport =
     let r = check m src
     let bad = not r.Mismatched.IsEmpty || (strict && (not r.Missing.IsEmpty || not r.Unexpected.IsEmpty))
-    if bad then raise (WeightsException(describe r))
+    if bad then raise (CheckpointException(describe r))
     let target = m.state_dict ()
     use _ = torch.no_grad ()
     for k, s in src do

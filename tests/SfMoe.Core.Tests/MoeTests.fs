@@ -3,6 +3,7 @@ module SfMoe.Core.Tests.MoeTests
 open System
 open Expecto
 open TorchSharp
+open SfMoe
 open SfMoe.Core
 open SfMoe.Core.Tensors
 open SfMoe.Core.Config
@@ -40,16 +41,16 @@ let private bruteForce (p: Moe.Params) (z: Tensor) (r: Moe.Record) : Tensor =
     out.view(b, n, d)
 
 let private configs =
-    [ "image top-2 all 1.25", { MoeConfig.sfmoe with SecondPolicy = SecondAll; MinCapacity = 1 }
-      "image top-2 random", { MoeConfig.sfmoe with MinCapacity = 1 }
-      "image top-2 threshold", { MoeConfig.sfmoe with SecondPolicy = SecondThreshold; CapacityTrain = Factor 0.8; MinCapacity = 0 }
-      "image top-2 none", { MoeConfig.sfmoe with SecondPolicy = SecondNone; MinCapacity = 1 }
-      "image top-1 0.5", { MoeConfig.sfmoe with TopK = 1; CapacityTrain = Factor 0.5; MinCapacity = 0 }
+    [ "image top-2 all 1.25", { MoeConfig.sfmoe with SecondPolicy = SecondAll; Scope = PerImage 1 }
+      "image top-2 random", { MoeConfig.sfmoe with Scope = PerImage 1 }
+      "image top-2 threshold", { MoeConfig.sfmoe with SecondPolicy = SecondThreshold 0.2; CapacityTrain = Factor 0.8; Scope = PerImage 0 }
+      "image top-2 none", { MoeConfig.sfmoe with SecondPolicy = SecondNone; Scope = PerImage 1 }
+      "image top-1 0.5", { MoeConfig.sfmoe with TopK = 1; CapacityTrain = Factor 0.5; Scope = PerImage 0 }
       "image top-2 dropless", { MoeConfig.sfmoe with SecondPolicy = SecondAll; CapacityTrain = Dropless; ExpertBias = true }
-      "batch top-1 priority", { MoeConfig.gmoe with CapacityTrain = Factor 0.7; CosineProjDim = 16; ExpertDropout = 0.0 }
-      "batch top-2 priority", { MoeConfig.gmoe with TopK = 2; CapacityTrain = Factor 0.6; CosineProjDim = 16; ExpertDropout = 0.0 }
+      "batch top-1 priority", { MoeConfig.gmoe with CapacityTrain = Factor 0.7; Router = CosineRouter 16; ExpertDropout = 0.0 }
+      "batch top-2 priority", { MoeConfig.gmoe with TopK = 2; CapacityTrain = Factor 0.6; Router = CosineRouter 16; ExpertDropout = 0.0 }
       "batch top-2 linear", { MoeConfig.sfmoe with Scope = PerBatch; SecondPolicy = SecondAll; CapacityTrain = Factor 0.8 }
-      "batch top-1 dropless", { MoeConfig.gmoe with CapacityTrain = Dropless; CosineProjDim = 16; ExpertDropout = 0.0 } ]
+      "batch top-1 dropless", { MoeConfig.gmoe with CapacityTrain = Dropless; Router = CosineRouter 16; ExpertDropout = 0.0 } ]
 
 /// Invariants of docs/moe.md on random inputs and weights, for every router, policy, scope and capacity.
 let private invariants (name: string) (m: MoeConfig) =
@@ -77,7 +78,7 @@ let private invariants (name: string) (m: MoeConfig) =
                 use same = r.Index.select(2L, 0L).eq(r.Index.select(2L, 1L))
                 Expect.isFalse (same.any().item<bool>()) "the two choices differ"
             // no expert over capacity in any group
-            let groups = if m.Scope = PerImage then b else 1L
+            let groups = match m.Scope with PerImage _ -> b | PerBatch -> 1L
             use oh = torch.nn.functional.one_hot(r.Index, e) // (B, N, k, E)
             use keptOh = oh * r.Kept.unsqueeze(-1L).to_type(torch.ScalarType.Int64)
             use perGroup = keptOh.reshape(groups, -1L, e).sum([| 1L |]) // (G, E)
@@ -152,9 +153,9 @@ let tests =
     testList "moe" [
         testList "invariants" [ for name, m in configs -> invariants name m ]
         testList "finite differences" [
-            finiteDifferences "linear top-2 all, image, capacity" { MoeConfig.sfmoe with SecondPolicy = SecondAll; CapacityEval = Factor 1.0; MinCapacity = 1; ExpertBias = true }
+            finiteDifferences "linear top-2 all, image, capacity" { MoeConfig.sfmoe with SecondPolicy = SecondAll; CapacityEval = Factor 1.0; Scope = PerImage 1; ExpertBias = true }
             finiteDifferences "linear top-1, dropless" { MoeConfig.sfmoe with TopK = 1; CapacityEval = Dropless }
-            finiteDifferences "cosine top-1, batch, load+importance" { MoeConfig.gmoe with CapacityEval = Factor 1.0; CosineProjDim = 8; ExpertDropout = 0.0 }
+            finiteDifferences "cosine top-1, batch, load+importance" { MoeConfig.gmoe with CapacityEval = Factor 1.0; Router = CosineRouter 8; ExpertDropout = 0.0 }
         ]
 
         test "capacity follows the authors' formulas" {
@@ -168,7 +169,7 @@ let tests =
             Expect.equal (cap hybrid false 50L) 16L "hybrid eval"
             Expect.equal (cap MoeConfig.gmoe true (96L * 197L)) 4728L "GMoE: B=96, N=197, E=6"
             Expect.equal (cap { MoeConfig.sfmoe with CapacityTrain = Dropless } true 198L) -1L "dropless"
-            Expect.equal (cap { MoeConfig.sfmoe with MinCapacity = 4; CapacityTrain = Factor 0.01 } true 198L) 4L "min capacity"
+            Expect.equal (cap { MoeConfig.sfmoe with Scope = PerImage 4; CapacityTrain = Factor 0.01 } true 198L) 4L "min capacity"
         }
 
         test "balance loss oracles (spec §3.4)" {
@@ -185,7 +186,7 @@ let tests =
         }
 
         test "with every token on one expert and policy none, only the first C tokens get output" {
-            let m = { MoeConfig.sfmoe with SecondPolicy = SecondNone; CapacityEval = Factor 1.0; MinCapacity = 4 }
+            let m = { MoeConfig.sfmoe with SecondPolicy = SecondNone; CapacityEval = Factor 1.0; Scope = PerImage 4 }
             let c = layerConfig 8 16 m
             let p = layer Dd.cpu 1L c
             match p.Gate with
@@ -299,7 +300,7 @@ let tests =
             Expect.equal (bad { MoeConfig.gmoe with GateNoise = 0.0 }) "moe.aux_loss \"load_importance\" needs moe.gate_noise > 0 (it sets the scale of the load estimate)" "noise"
             let err json =
                 try ConfigJson.parse Registry.tryCreate json |> ignore; failtest "should fail"
-                with ConfigJson.ConfigException msg -> msg
+                with :? ConfigException as e -> e.Message
             Expect.equal (err """{"model": "sfmoe_test_patch8_32", "moe": {"router": "softmax"}}""") "moe.router must be \"linear\" or \"cosine\", got \"softmax\"" "router"
             Expect.equal (err """{"model": "sfmoe_test_patch8_32", "moe": {"top_k": 5}}""") "moe.top_k must be 1 or 2, got 5" "json k"
             Expect.equal (err """{"model": "sfmoe_test_patch8_32", "moe": {"capacity_factor_eval": "lots"}}""") "moe.capacity_factor_eval must be a number > 0 or \"dropless\", got \"lots\"" "json cf"
@@ -310,12 +311,12 @@ let tests =
         }
 
         test "JSON configs round-trip and accept extra keys" {
-            for d in Registry.all do
+            for d in Registry.vits do
                 let c = Registry.toConfig d |> Result.defaultWith failwith
                 let back = ConfigJson.parse Registry.tryCreate (ConfigJson.toJson false c)
                 Expect.equal back c d.Name
             let c = ConfigJson.parse Registry.tryCreate """{"img_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 2, "num_heads": 2, "num_classes": 3, "pattern": "S,F", "comment": "extra keys are fine", "moe": {"router": "cosine", "top_k": 1}}"""
-            Expect.equal c.Moe.Router CosineRouter "router"
+            Expect.equal c.Moe.Router (CosineRouter 256) "router"
             Expect.equal c.Moe.Scope PerBatch "cosine starts from GMoE defaults"
             Expect.equal (print c.Pattern) "S,F" "pattern"
         }

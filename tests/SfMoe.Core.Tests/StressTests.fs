@@ -32,7 +32,7 @@ let tests =
             for name in [ "sfmoe_test_patch8_32"; "gmoe_test_patch8_32" ] do
                 let cfg = Registry.tryCreate name |> Result.defaultWith failwith
                 use m = new Vit.SfMoeVit(cfg, Dd.cpu, Some 1L)
-                use learner = new Train.Learner(Train.VitNet m, Train.SfMoeAlg, Optim.AdamL2, 1e-3, 1e-4, 1L, Dd.cpu)
+                use learner = new Train.Learner(Networks.VitNet m, Train.SfMoeAlg, Optim.AdamL2, 1e-3, 1e-4, 1L, Dd.cpu)
                 torch.manual_seed 1L |> ignore
                 use x = torch.randn(8L, 3L, 32L, 32L)
                 use y = torch.randint(10L, [| 8L |])

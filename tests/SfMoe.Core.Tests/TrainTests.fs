@@ -25,7 +25,7 @@ let tests =
             for name, alg in [ "vit_test_patch8_32", Train.Erm; "sfmoe_test_patch8_32", Train.SfMoeAlg; "gmoe_test_patch8_32", Train.GMoeAlg ] do
                 let cfg = { (Registry.tryCreate name |> Result.defaultWith failwith) with NumClasses = 4 }
                 use m = new Vit.SfMoeVit(cfg, Dd.cpu, Some 1L)
-                use learner = new Train.Learner(Train.VitNet m, alg, Optim.AdamL2, 1e-3, 0.0, 1L, Dd.cpu)
+                use learner = new Train.Learner(Networks.VitNet m, alg, Optim.AdamL2, 1e-3, 0.0, 1L, Dd.cpu)
                 let x, y = quadrants 64L 3L
                 use x = x
                 use y = y
@@ -40,9 +40,9 @@ let tests =
 
         test "every freshly built network has finite parameters and norm layers at weight 1, bias 0" {
             let nets =
-                [ "resnet50", Train.resnet Dd.cpu 3 5 0.0
-                  "mnist_cnn", Train.mnist Dd.cpu 2 3
-                  "sfmoe_test_patch8_32", Train.VitNet(new Vit.SfMoeVit(Registry.tryCreate "sfmoe_test_patch8_32" |> Result.defaultWith failwith, Dd.cpu, Some 1L)) ]
+                [ "resnet50", Networks.resnet Dd.cpu 3 5 0.0
+                  "mnist_cnn", Networks.mnist Dd.cpu 2 3
+                  "sfmoe_test_patch8_32", Networks.VitNet(new Vit.SfMoeVit(Registry.tryCreate "sfmoe_test_patch8_32" |> Result.defaultWith failwith, Dd.cpu, Some 1L)) ]
             for name, net in nets do
                 for struct (pn, p) in net.Module.named_parameters () do
                     use finite = p.isfinite().all()

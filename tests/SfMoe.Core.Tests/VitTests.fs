@@ -211,7 +211,7 @@ let tests =
         }
 
         test "registry: every variant has a valid config; unknown names suggest near ones" {
-            for d in Registry.all do
+            for d in Registry.vits do
                 Expect.isOk (Registry.toConfig d) d.Name
             match Registry.tryCreate "vit_smal_patch16_224" with
             | Error e -> Expect.stringContains e "did you mean vit_small_patch16_224" "suggestion"
@@ -219,7 +219,7 @@ let tests =
         }
 
         test "registry smoke: the small variants build and run" {
-            for d in Registry.all |> List.filter (fun d -> d.Size = "test" || d.Size = "tiny") do
+            for d in Registry.vits |> List.filter (fun d -> d.Size = "test" || d.Size = "tiny") do
                 let cfg = Registry.toConfig d |> Result.defaultWith failwith
                 use m = new SfMoeVit(cfg, Dd.cpu, Some 1L)
                 m.eval () |> ignore

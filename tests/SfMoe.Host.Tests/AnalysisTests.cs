@@ -171,7 +171,7 @@ public class AnalysisTests : IDisposable
         Assert.Equal(new[] { "curves_compare.png", "curves_run.png" }, files.Select(Path.GetFileName).Order(StringComparer.Ordinal));
 
         File.AppendAllText(path, "\n{\"step\": 300}\n");   // now the bad line is not the last: an error naming it
-        var e = Assert.Throws<SfMoeException>(() => TrainingCurves.Read(path));
+        var e = Assert.ThrowsAny<SfMoeException>(() => TrainingCurves.Read(path));
         Assert.Contains("results.jsonl:3", e.Message);
     }
 
@@ -184,7 +184,7 @@ public class AnalysisTests : IDisposable
         Assert.Equal(table.Select(t => (t.Item1, t.Item2, t.Item3, t.Item4, t.Item5)),
                      p.Model.Parts.Select(x => (x.Name, x.Kind, x.Parameters, x.ActiveParameters, x.Macs)));
         Assert.Equal(Summary.totalParams(cfg), p.Model.TotalParameters);
-        var twin = SfMoeModel.With(cfg, Core.Pattern.parseOrFail("Fx4"));
+        var twin = ((Config.Architecture.VitArch)ModelSpec.resolve(ModelSpec.Create(ModelSpec.Source.NewNamed("sfmoe_test_patch8_32"), "Fx4", null, null, null))).Item;
         Assert.Equal(Summary.table(twin).Sum(t => t.Item5), p.DenseTwin.TotalMacs);
         Assert.Equal(Summary.totalParams(twin), p.DenseTwin.TotalParameters);
         Assert.Equal("Fx4", p.DenseTwin.Pattern);
@@ -203,7 +203,7 @@ public class AnalysisTests : IDisposable
             Assert.True(t.ForwardMs > 0 && t.TrainStepMs > 0, "timings");
             Assert.True(t.PeakMemoryGb > 0 && t.PeakMemoryGb >= t.BaselineMemoryGb - 0.01, "peak memory");
         }
-        Assert.Throws<SfMoeException>(() => ModelProfiler.Describe("no_such_model"));
+        Assert.ThrowsAny<SfMoeException>(() => ModelProfiler.Describe("no_such_model"));
     }
 
     [Fact]
@@ -218,8 +218,8 @@ public class AnalysisTests : IDisposable
         var path = Path.Combine(_dir, "k.json");
         k.Save(path);
         Assert.Equal(2, KeypointFile.Load(path).Images.Count);
-        Assert.Contains("\"beak\": expected [x, y]", Assert.Throws<SfMoeException>(() => KeypointFile.Parse("""{"a.jpg": {"beak": [1]}}""")).Message);
-        Assert.Contains("not valid JSON", Assert.Throws<SfMoeException>(() => KeypointFile.Parse("{")).Message);
+        Assert.Contains("\"beak\": expected [x, y]", Assert.ThrowsAny<SfMoeException>(() => KeypointFile.Parse("""{"a.jpg": {"beak": [1]}}""")).Message);
+        Assert.Contains("not valid JSON", Assert.ThrowsAny<SfMoeException>(() => KeypointFile.Parse("{")).Message);
     }
 
     [Fact]
@@ -318,6 +318,6 @@ public class AnalysisTests : IDisposable
         Assert.Equal(9.0 * expected, Enumerable.Range(0, h.Attributes.Count).Sum(a => Enumerable.Range(0, 4).Sum(e => counts[a, e])));
         foreach (var f in new[] { "attributes.json", "attributes.md", "attributes_block1.png", "attributes_block3.png" })
             Assert.True(File.Exists(Path.Combine(o.OutputDir, f)), f);
-        Assert.Throws<SfMoeException>(() => AttributeReport.Run(probe, new ToyDataset(), null, o));   // no keypoints: a clear error
+        Assert.ThrowsAny<SfMoeException>(() => AttributeReport.Run(probe, new ToyDataset(), null, o));   // no keypoints: a clear error
     }
 }

@@ -33,11 +33,11 @@ public class InteropTests : IDisposable
 
     static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
 
-    static Tensor Logits(Train.Network net, Tensor x)
+    static Tensor Logits(Networks.Network net, Tensor x)
     {
         using var _ = no_grad();
         net.SetTraining(false);
-        var o = Train.forward(net, null, false, x);
+        var o = Networks.forward(net, null, false, x);
         o.Aux.Dispose();
         return o.Logits;
     }
@@ -97,7 +97,7 @@ public class InteropTests : IDisposable
     [Fact]
     public void LoadIntoFillsANetworkBuiltForTraining()
     {
-        var net = Networks.Create("vit", SfMoeConfig, 3, 3, 32, "cpu", 1, 0.0);
+        var net = Networks.build(ModelSpec.resolve(ModelSpec.ofJson(SfMoeConfig)), Tensors.DdModule.cpu, 1, 0.0);
         using var module = net.Module;
         var before = net.Module.state_dict()["blocks.1.mlp.experts.w1"].clone();
         var report = Pretrained.LoadInto(net, Fixture("deit_tiny.pth"), "deit");
@@ -105,11 +105,11 @@ public class InteropTests : IDisposable
         Assert.Contains(report.Initialised, k => k.Key == "blocks.1.mlp.experts.w1" && k.Reason.Contains("--experts random"));
         Assert.True(Same(before, net.Module.state_dict()["blocks.1.mlp.experts.w1"]), "SF-MoE default: experts keep the network's init");
         Assert.Contains(report.Lines(), l => l.StartsWith("ignored: 4"));
-        var ex = Assert.Throws<SfMoeException>(() => Pretrained.LoadInto(net, Fixture("unsafe/posix_system.pth"), "deit"));
+        var ex = Assert.ThrowsAny<SfMoeException>(() => Pretrained.LoadInto(net, Fixture("unsafe/posix_system.pth"), "deit"));
         Assert.Contains("refused global posix.system in posix_system.pth", ex.Message);
-        ex = Assert.Throws<SfMoeException>(() => Pretrained.LoadInto(net, Fixture("deit_tiny.pth"), "keras"));
+        ex = Assert.ThrowsAny<SfMoeException>(() => Pretrained.LoadInto(net, Fixture("deit_tiny.pth"), "keras"));
         Assert.Contains("unknown pretrained format keras", ex.Message);
-        ex = Assert.Throws<SfMoeException>(() => Pretrained.LoadInto(net, Fixture("deit_tiny.pth"), "deit", "clone"));
+        ex = Assert.ThrowsAny<SfMoeException>(() => Pretrained.LoadInto(net, Fixture("deit_tiny.pth"), "deit", "clone"));
         Assert.Contains("experts must be copy or random, got clone", ex.Message);
     }
 
@@ -136,7 +136,7 @@ public class InteropTests : IDisposable
     [Fact]
     public void ResNet50ExportsUnderTorchvisionNamesAndComesBack()
     {
-        var net = Networks.Create("resnet50", null, 4, 3, 224, "cpu", 2, 0.0);
+        var net = Networks.build(ModelSpec.resolve(ModelSpec.Create(ModelSpec.Source.NewNamed("resnet50"), null, 4, 224, null)), Tensors.DdModule.cpu, 2, 0.0);
         using var module = net.Module;
         var header = new ModelHeader("resnet50", null, 4, 3, 224, new[] { "a", "b", "c", "d" }, null, 0, "ERM", "{}",
                                      new[] { 0.485f, 0.456f, 0.406f }, new[] { 0.229f, 0.224f, 0.225f });
@@ -171,7 +171,7 @@ public class InteropTests : IDisposable
         Assert.Equal("PACS", r.Header.Dataset);
         Assert.Contains(r.Report.Info, k => k.Key == "model_hparams");
         // Without a config the file's algorithm picks the authors' model, which these tiny weights do not fit.
-        var ex = Assert.Throws<SfMoeException>(() => Pretrained.Import(Fixture("sfmoe_dg_tiny.pkl"), "sfmoe-dg", Out("dg2.safetensors")));
+        var ex = Assert.ThrowsAny<SfMoeException>(() => Pretrained.Import(Fixture("sfmoe_dg_tiny.pkl"), "sfmoe-dg", Out("dg2.safetensors")));
         Assert.Contains("shape mismatch: patch_embed.proj.weight: checkpoint [32, 3, 8, 8], model [384, 3, 16, 16]", ex.Message);
         Assert.False(File.Exists(Out("dg2.safetensors")));
     }

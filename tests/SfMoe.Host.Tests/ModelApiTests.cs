@@ -55,16 +55,16 @@ public class ModelApiTests
     [Fact]
     public void UnknownModelSuggestsNearNames()
     {
-        var e = Assert.Throws<SfMoeException>(() => SfMoeModel.Create("vit_tiny_patch16_24"));
+        var e = Assert.ThrowsAny<SfMoeException>(() => SfMoeModel.Create("vit_tiny_patch16_24"));
         Assert.Contains("unknown model vit_tiny_patch16_24; did you mean vit_tiny_patch16_224", e.Message);
     }
 
     [Fact]
     public void BadPatternOptionNamesTheColumn()
     {
-        var e = Assert.Throws<SfMoeException>(() => SfMoeModel.Create("vit_test_patch8_32", new ModelOptions { Pattern = "[F,F]x" }));
+        var e = Assert.ThrowsAny<SfMoeException>(() => SfMoeModel.Create("vit_test_patch8_32", new ModelOptions { Pattern = "[F,F]x" }));
         Assert.Equal("pattern \"[F,F]x\" at column 6: expected a repeat count", e.Message);
-        e = Assert.Throws<SfMoeException>(() => SfMoeModel.Create("vit_test_patch8_32", new ModelOptions { Pattern = "Fx6" }));
+        e = Assert.ThrowsAny<SfMoeException>(() => SfMoeModel.Create("vit_test_patch8_32", new ModelOptions { Pattern = "Fx6" }));
         Assert.Equal("pattern \"Fx6\" has 6 blocks but depth is 4", e.Message);
     }
 
@@ -73,7 +73,7 @@ public class ModelApiTests
     {
         using var model = SfMoeModel.Create("vit_test_patch8_32", new ModelOptions { Seed = 1 });
         using var x = randn(2, 1, 32, 32);
-        var e = Assert.Throws<SfMoeException>(() => model.Forward(x));
+        var e = Assert.ThrowsAny<SfMoeException>(() => model.Forward(x));
         Assert.Equal("expected 3 channels (in_chans), got 1 in input of shape [2, 1, 32, 32]", e.Message);
     }
 
@@ -81,7 +81,7 @@ public class ModelApiTests
     public void UnavailableDeviceIsAClearError()
     {
         if (cuda.is_available()) return;
-        var e = Assert.Throws<SfMoeException>(() => SfMoeModel.Create("vit_test_patch8_32", new ModelOptions { Device = "cuda" }));
+        var e = Assert.ThrowsAny<SfMoeException>(() => SfMoeModel.Create("vit_test_patch8_32", new ModelOptions { Device = "cuda" }));
         Assert.Contains("CUDA is not available", e.Message);
     }
 
@@ -94,7 +94,7 @@ public class ModelApiTests
         Assert.Equal(Enumerable.Range(0, 12).Select(i => i % 2 == 0 ? "S" : "F"), p.Blocks);
         Assert.Equal("Fx5,S,Fx5,S", Patterns.Parse("sfmoe-dg", 12).Canonical);
         Assert.Contains(Patterns.Presets, t => t.Name == "gmoe" && t.Pattern == "Fx8,[S,F]x2");
-        var e = Assert.Throws<SfMoeException>(() => Patterns.Parse("S,F", 3));
+        var e = Assert.ThrowsAny<SfMoeException>(() => Patterns.Parse("S,F", 3));
         Assert.Equal("pattern \"S,F\" has 2 blocks but depth is 3", e.Message);
     }
 
@@ -123,9 +123,9 @@ public class ModelApiTests
         Assert.Equal(3, model.NumClasses);
         using var again = SfMoeModel.FromConfigJson(model.ConfigJsonText, seed: 1);
         Assert.Equal(model.ParameterCount, again.ParameterCount);
-        var e = Assert.Throws<SfMoeException>(() => SfMoeModel.FromConfigJson("""{"model": "sfmoe_test_patch8_32", "moe": {"top_k": 5}}"""));
+        var e = Assert.ThrowsAny<SfMoeException>(() => SfMoeModel.FromConfigJson("""{"model": "sfmoe_test_patch8_32", "moe": {"top_k": 5}}"""));
         Assert.Equal("moe.top_k must be 1 or 2, got 5", e.Message);
-        e = Assert.Throws<SfMoeException>(() => SfMoeModel.FromConfigJson("""{"model": "sfmoe_test_patch8_32", "moe": {"router": "hash"}}"""));
+        e = Assert.ThrowsAny<SfMoeException>(() => SfMoeModel.FromConfigJson("""{"model": "sfmoe_test_patch8_32", "moe": {"router": "hash"}}"""));
         Assert.Equal("moe.router must be \"linear\" or \"cosine\", got \"hash\"", e.Message);
     }
 

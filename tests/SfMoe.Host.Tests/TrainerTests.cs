@@ -1,5 +1,6 @@
 using System.Text.Json;
 using SfMoe.Checkpoints;
+using SfMoe.Core;
 using SfMoe.Data;
 using SfMoe.Runs;
 using TorchSharp;
@@ -125,7 +126,7 @@ public class TrainerTests : IDisposable
         part.Resume = true;
         part.Lr = 5e-4;
         Assert.Equal("cannot resume " + part.OutputDir + " with other settings: hparams.lr was 0.001, now 0.0005",
-                     Assert.Throws<SfMoeException>(() => Trainer.Run(part)).Message);
+                     Assert.ThrowsAny<SfMoeException>(() => Trainer.Run(part)).Message);
         part.Lr = 1e-3;
         var resumed = Trainer.Run(part);
         Assert.True(resumed.Done);
@@ -170,7 +171,7 @@ public class TrainerTests : IDisposable
         Assert.Contains("upcycled", log);
         var (net, _) = ModelFile.Load(Path.Combine(o.OutputDir, "model.safetensors"));
         using var module = net.Module;
-        var direct = Networks.Create("vit", o.ModelConfigJson, 2, 3, 32, "cpu", 0, 0.0);
+        var direct = Networks.build(ModelSpec.resolve(ModelSpec.ofJson(o.ModelConfigJson!)), Tensors.DdModule.cpu, 0, 0.0);
         using var dm = direct.Module;
         Pretrained.LoadInto(direct, deit, "deit", "copy");
         var a = module.state_dict();
@@ -179,7 +180,7 @@ public class TrainerTests : IDisposable
             Assert.True(a[key].allclose(b[key], rtol: 1e-6, atol: 1e-9), key);
         var bad = Options("pretrained-bad", steps: 1);
         bad.Pretrained = deit;
-        Assert.Contains("--pretrained needs --pretrained-format", Assert.Throws<SfMoeException>(() => Trainer.Run(bad)).Message);
+        Assert.Contains("--pretrained needs --pretrained-format", Assert.ThrowsAny<SfMoeException>(() => Trainer.Run(bad)).Message);
     }
 
     [Fact]
@@ -187,21 +188,21 @@ public class TrainerTests : IDisposable
     {
         var o = Options("bad");
         o.TestEnvs = new[] { 3 };
-        Assert.Equal("test env 3 is out of range: Toy has environments 0..2", Assert.Throws<SfMoeException>(() => Trainer.Run(o)).Message);
+        Assert.Equal("test env 3 is out of range: Toy has environments 0..2", Assert.ThrowsAny<SfMoeException>(() => Trainer.Run(o)).Message);
         o.TestEnvs = new[] { 0, 1, 2 };
-        Assert.Equal("every environment of Toy is a test env: none is left to train on", Assert.Throws<SfMoeException>(() => Trainer.Run(o)).Message);
+        Assert.Equal("every environment of Toy is a test env: none is left to train on", Assert.ThrowsAny<SfMoeException>(() => Trainer.Run(o)).Message);
         o.TestEnvs = new[] { 0 };
         o.Algorithm = "IRM";
-        Assert.Equal("unknown algorithm IRM: expected ERM, SFMoE or GMoE", Assert.Throws<SfMoeException>(() => Trainer.Run(o)).Message);
+        Assert.Equal("unknown algorithm IRM: expected ERM, SFMoE or GMoE", Assert.ThrowsAny<SfMoeException>(() => Trainer.Run(o)).Message);
         o.Algorithm = "SFMoE";
         o.Model = "resnet50";
-        Assert.Equal("SFMoE needs a ViT model with sparse blocks, not resnet50", Assert.Throws<SfMoeException>(() => Trainer.Run(o)).Message);
+        Assert.Equal("SFMoE needs a ViT model with sparse blocks, not resnet50", Assert.ThrowsAny<SfMoeException>(() => Trainer.Run(o)).Message);
         var done = Options("twice", steps: 2);
         Trainer.Run(done);
-        Assert.Contains("already holds a run", Assert.Throws<SfMoeException>(() => Trainer.Run(Options("twice", steps: 2))).Message);
+        Assert.Contains("already holds a run", Assert.ThrowsAny<SfMoeException>(() => Trainer.Run(Options("twice", steps: 2))).Message);
         var nothing = Options("nothing");
         nothing.Resume = true;
-        Assert.Contains("nothing to resume", Assert.Throws<SfMoeException>(() => Trainer.Run(nothing)).Message);
+        Assert.Contains("nothing to resume", Assert.ThrowsAny<SfMoeException>(() => Trainer.Run(nothing)).Message);
     }
 
     [Fact]

@@ -67,10 +67,10 @@ public sealed class AttributeReport
         var kp = o.Keypoints is null ? null : KeypointFile.Load(o.Keypoints);
         if (o.ImageRoot is not null)
         {
-            if (kp is null) throw new SfMoeException("an image folder needs --keypoints (a JSON of image path -> {part: [x, y]})");
+            if (kp is null) throw new ConfigException("an image folder needs --keypoints (a JSON of image path -> {part: [x, y]})");
             return RunFolder(probe, o.ImageRoot, kp, o, log);
         }
-        var name = o.Dataset ?? probe.Dataset ?? throw new SfMoeException($"{o.Checkpoint}: the model file names no dataset; pass --dataset or --image-root");
+        var name = o.Dataset ?? probe.Dataset ?? throw new ConfigException($"{o.Checkpoint}: the model file names no dataset; pass --dataset or --image-root");
         return Run(probe, Datasets.Open(name, o.DataDir, ImageCodec.Decode), kp, o, log);
     }
 
@@ -87,7 +87,7 @@ public sealed class AttributeReport
             if (k is not null && k.Points.Count > 0) found[s] = k;
         }
         if (found.Count == 0)
-            throw new SfMoeException(keypoints is null
+            throw new ConfigException(keypoints is null
                 ? $"{ds.Spec.Name} has no built-in keypoints: pass --keypoints FILE (a JSON of image path -> {{part: [x, y]}}; README, section Analysis)"
                 : $"no image of {ds.Spec.Name}'s {o.Split} split has keypoints in the keypoints file (keys are matched against the end of each image's path)");
         if (found.Count < samples.Count) log?.Invoke($"{samples.Count - found.Count} of {samples.Count} images have no keypoints and are left out");
@@ -106,7 +106,7 @@ public sealed class AttributeReport
     public static AttributeReport RunFolder(ModelProbe probe, string imageRoot, KeypointFile keypoints, AttributeReportOptions o, Action<string>? log = null)
     {
         Check(probe);
-        if (!Directory.Exists(imageRoot)) throw new SfMoeException($"image folder {imageRoot} not found");
+        if (!Directory.Exists(imageRoot)) throw new ConfigException($"image folder {imageRoot} not found");
         var items = keypoints.Images.OrderBy(kv => kv.Key, StringComparer.Ordinal).Take(o.MaxImages).ToArray();
         var hists = probe.SparseBlocks.Select(b => (b, new AttributeHistogram(probe.NumExperts))).ToArray();
         int n = 0, kpCount = 0;
@@ -123,13 +123,13 @@ public sealed class AttributeReport
             for (int i = 0; i < imgs.Count; i++) kpCount += Accumulate(probe, r, i, imgs[i].Image, imgs[i].K, p => p, hists, o.PatchesPerKeypoint);
             n += imgs.Count;
         }
-        if (n == 0) throw new SfMoeException($"none of the keypoint file's images could be read under {imageRoot}");
+        if (n == 0) throw new ConfigException($"none of the keypoint file's images could be read under {imageRoot}");
         return Write(probe, imageRoot, n, kpCount, hists, o);
     }
 
     static void Check(ModelProbe probe)
     {
-        if (probe.SparseBlocks.Count == 0) throw new SfMoeException($"{probe.Name} ({probe.Pattern}) has no sparse blocks: there are no experts to relate to attributes");
+        if (probe.SparseBlocks.Count == 0) throw new ConfigException($"{probe.Name} ({probe.Pattern}) has no sparse blocks: there are no experts to relate to attributes");
     }
 
     static int Accumulate(ModelProbe probe, ProbeResult r, int i, ImageU8 image, ImageKeypoints k, Func<string, string> name,

@@ -47,7 +47,7 @@ public sealed class KeypointFile
     /// <summary>Reads a keypoint JSON file. Errors name the file and the key at fault.</summary>
     public static KeypointFile Load(string path)
     {
-        if (!File.Exists(path)) throw new SfMoeException($"keypoints file {path} not found");
+        if (!File.Exists(path)) throw new DatasetException($"keypoints file {path} not found");
         return Parse(File.ReadAllText(path), path);
     }
 
@@ -56,18 +56,18 @@ public sealed class KeypointFile
     {
         JsonNode? root;
         try { root = JsonNode.Parse(json); }
-        catch (JsonException e) { throw new SfMoeException($"{source}: not valid JSON ({e.Message})"); }
-        if (root is not JsonObject obj) throw new SfMoeException($"{source}: expected an object of image path -> {{part: [x, y]}}");
+        catch (JsonException e) { throw new DatasetException($"{source}: not valid JSON ({e.Message})"); }
+        if (root is not JsonObject obj) throw new DatasetException($"{source}: expected an object of image path -> {{part: [x, y]}}");
         var images = new Dictionary<string, ImageKeypoints>();
         foreach (var (key, value) in obj)
         {
-            if (value is not JsonObject parts) throw new SfMoeException($"{source}: \"{key}\": expected an object of part -> [x, y]");
+            if (value is not JsonObject parts) throw new DatasetException($"{source}: \"{key}\": expected an object of part -> [x, y]");
             var pts = new List<Keypoint>();
             int? w = null, h = null;
             foreach (var (part, xy) in parts)
             {
                 var (x, y) = Pair(xy, $"{source}: \"{key}\".\"{part}\"");
-                if (part == "_size") { w = (int)x; h = (int)y; if (w < 1 || h < 1) throw new SfMoeException($"{source}: \"{key}\"._size must be positive"); }
+                if (part == "_size") { w = (int)x; h = (int)y; if (w < 1 || h < 1) throw new DatasetException($"{source}: \"{key}\"._size must be positive"); }
                 else pts.Add(new Keypoint(part, (float)x, (float)y));
             }
             images[key] = new ImageKeypoints(pts, w, h);
@@ -80,7 +80,7 @@ public sealed class KeypointFile
         if (n is JsonArray { Count: 2 } a && a[0] is JsonValue vx && a[1] is JsonValue vy &&
             vx.TryGetValue<double>(out var x) && vy.TryGetValue<double>(out var y) && double.IsFinite(x) && double.IsFinite(y))
             return (x, y);
-        throw new SfMoeException($"{where}: expected [x, y] (two numbers)");
+        throw new DatasetException($"{where}: expected [x, y] (two numbers)");
     }
 
     /// <summary>Writes the keypoints as JSON (keys sorted).</summary>
@@ -107,13 +107,13 @@ public sealed class KeypointFile
     {
         string F(string rel) => Path.Combine(cubRoot, rel);
         foreach (var f in new[] { "images.txt", "parts/parts.txt", "parts/part_locs.txt" })
-            if (!File.Exists(F(f))) throw new SfMoeException($"CUB-200-2011: {F(f)} not found (point at the CUB_200_2011 folder)");
+            if (!File.Exists(F(f))) throw new DatasetException($"CUB-200-2011: {F(f)} not found (point at the CUB_200_2011 folder)");
         var paths = new Dictionary<int, string>();
         foreach (var (line, no) in File.ReadLines(F("images.txt")).Select((l, i) => (l.Trim(), i + 1)))
         {
             if (line.Length == 0) continue;
             var sp = line.Split(' ', 2);
-            if (sp.Length != 2 || !int.TryParse(sp[0], out var id)) throw new SfMoeException($"{F("images.txt")}:{no}: expected \"<id> <path>\"");
+            if (sp.Length != 2 || !int.TryParse(sp[0], out var id)) throw new DatasetException($"{F("images.txt")}:{no}: expected \"<id> <path>\"");
             paths[id] = sp[1].Trim();
         }
         var partNames = new Dictionary<int, string>();
@@ -121,7 +121,7 @@ public sealed class KeypointFile
         {
             if (line.Length == 0) continue;
             var sp = line.Split(' ', 2);
-            if (sp.Length != 2 || !int.TryParse(sp[0], out var id)) throw new SfMoeException($"{F("parts/parts.txt")}:{no}: expected \"<id> <name>\"");
+            if (sp.Length != 2 || !int.TryParse(sp[0], out var id)) throw new DatasetException($"{F("parts/parts.txt")}:{no}: expected \"<id> <name>\"");
             partNames[id] = sp[1].Trim();
         }
         var points = new Dictionary<int, List<Keypoint>>();
@@ -133,16 +133,16 @@ public sealed class KeypointFile
             if (sp.Length != 5 || !int.TryParse(sp[0], out var img) || !int.TryParse(sp[1], out var part) ||
                 !double.TryParse(sp[2], NumberStyles.Float, inv, out var x) || !double.TryParse(sp[3], NumberStyles.Float, inv, out var y) ||
                 !double.TryParse(sp[4], NumberStyles.Float, inv, out var vis))
-                throw new SfMoeException($"{F("parts/part_locs.txt")}:{no}: expected \"<image id> <part id> <x> <y> <visible>\"");
+                throw new DatasetException($"{F("parts/part_locs.txt")}:{no}: expected \"<image id> <part id> <x> <y> <visible>\"");
             if (vis < 0.5) continue;
-            if (!partNames.TryGetValue(part, out var name)) throw new SfMoeException($"{F("parts/part_locs.txt")}:{no}: unknown part id {part}");
+            if (!partNames.TryGetValue(part, out var name)) throw new DatasetException($"{F("parts/part_locs.txt")}:{no}: unknown part id {part}");
             if (!points.TryGetValue(img, out var list)) points[img] = list = [];
             list.Add(new Keypoint(name, (float)x, (float)y));
         }
         var images = new Dictionary<string, ImageKeypoints>();
         foreach (var (id, list) in points)
         {
-            if (!paths.TryGetValue(id, out var rel)) throw new SfMoeException($"{F("parts/part_locs.txt")}: image id {id} is not in images.txt");
+            if (!paths.TryGetValue(id, out var rel)) throw new DatasetException($"{F("parts/part_locs.txt")}: image id {id} is not in images.txt");
             int? w = null, h = null;
             var file = Path.Combine(cubRoot, "images", rel);
             if (File.Exists(file))

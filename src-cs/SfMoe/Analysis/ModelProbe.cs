@@ -181,10 +181,10 @@ public sealed class ModelProbe : IDisposable
     public static ModelProbe Load(string path, string device = "cpu", long seed = 0)
     {
         var (net, header) = ModelFile.Load(path, device);
-        if (net is not Train.Network.VitNet v)
+        if (net is not Networks.Network.VitNet v)
         {
             net.Module.Dispose();
-            throw new SfMoeException($"{path}: a {header.Backbone} model has no tokens, attention or routing to analyse (a ViT or SF-MoE model is needed)");
+            throw new ConfigException($"{path}: a {header.Backbone} model has no tokens, attention or routing to analyse (a ViT or SF-MoE model is needed)");
         }
         var name = Path.GetFileName(Path.GetDirectoryName(Path.GetFullPath(path))) is { Length: > 0 } d ? d : Path.GetFileNameWithoutExtension(path);
         return new ModelProbe(v.Item, true, name, header.ClassNames, header.Mean, header.Std, header.Dataset) { Seed = seed };
@@ -240,7 +240,7 @@ public sealed class ModelProbe : IDisposable
     /// <summary>Runs decoded images through the model (eval mode, no gradients).</summary>
     public ProbeResult Probe(IReadOnlyList<ImageU8> images, bool attention, bool routing, DatasetSpec? spec = null)
     {
-        if (images.Count == 0) throw new SfMoeException("no images to probe");
+        if (images.Count == 0) throw new ConfigException("no images to probe");
         var pre = Preprocessor(spec);
         int per = pre.Channels * pre.Height * pre.Width;
         var x = new float[images.Count * per];
@@ -292,7 +292,7 @@ public sealed class ModelProbe : IDisposable
             if (patches == 0) patches = Grid.Count;
             return new ProbeResult(b, rows, maps, recs, Heads, patches);
         }
-        catch (ArgumentException e) { throw new SfMoeException(e.Message.Split(" (Parameter")[0], e); }
+        catch (ArgumentException e) { throw new ConfigException(e.Message.Split(" (Parameter")[0], e); }
         finally { if (was) _vit.train(); }
     }
 

@@ -50,35 +50,15 @@ public static class ModelProfiler
     /// <summary>A registry model's or a JSON config's settings with optional overrides.</summary>
     internal static Config.VitConfig ConfigOf(string? model, string? configJson, string? pattern, int? imageSize, int? numClasses)
     {
-        if ((model is null) == (configJson is null)) throw new SfMoeException("give a model name or a model config, not both or neither");
-        Config.VitConfig c;
-        if (model is not null)
-        {
-            var r = Registry.tryCreate(model);
-            if (r.IsError) throw new SfMoeException(r.ErrorValue);
-            c = r.ResultValue;
-        }
-        else
-        {
-            try { c = ConfigJson.parse(Microsoft.FSharp.Core.FuncConvert.FromFunc<string, Microsoft.FSharp.Core.FSharpResult<Config.VitConfig, string>>(Registry.tryCreate), configJson!); }
-            catch (ConfigJson.ConfigException e) { throw new SfMoeException(e.Data0, e); }
-        }
-        Core.Pattern.Pattern? p = null;
-        if (pattern is not null)
-        {
-            var pr = Core.Pattern.resolve(pattern);
-            if (pr.IsError) throw new SfMoeException(pr.ErrorValue.ToString());
-            p = pr.ResultValue;
-        }
-        c = SfMoeModel.With(c, p, numClasses, imageSize);
-        var v = Config.VitConfigModule.validate(c);
-        if (v.IsError) throw new SfMoeException(v.ErrorValue);
-        return v.ResultValue;
+        if ((model is null) == (configJson is null)) throw new ConfigException("give a model name or a model config, not both or neither");
+        var source = model is not null ? ModelSpec.Source.NewNamed(model) : ModelSpec.Source.NewJson(configJson!);
+        var arch = ModelSpec.resolve(ModelSpec.Create(source, pattern, numClasses, imageSize, null));
+        return arch is Config.Architecture.VitArch v ? v.Item
+            : throw new ConfigException($"{model} is a CNN baseline: profiles compare a ViT with its dense twin");
     }
 
     /// <summary>The dense twin: the same config with every block a fusion block.</summary>
-    internal static Config.VitConfig DenseTwin(Config.VitConfig c) =>
-        SfMoeModel.With(c, Core.Pattern.parseOrFail($"Fx{c.Depth}"));
+    internal static Config.VitConfig DenseTwin(Config.VitConfig c) => Config.VitConfigModule.denseTwin(c);
 
     /// <summary>Per-part parameters, active parameters and MACs of a config (<c>Summary.table</c>).</summary>
     internal static IReadOnlyList<ProfilePart> Table(Config.VitConfig c) =>
@@ -103,13 +83,13 @@ public static class ModelProfiler
     public static ProfileComparison Profile(string? model = null, string? configJson = null, string? pattern = null,
         int? imageSize = null, int batchSize = 8, int warmup = 2, int repeats = 5, string device = "cpu")
     {
-        if (batchSize < 1) throw new SfMoeException($"batch size must be >= 1, got {batchSize}");
+        if (batchSize < 1) throw new ConfigException($"batch size must be >= 1, got {batchSize}");
         var c = ConfigOf(model, configJson, pattern, imageSize, null);
         var twin = DenseTwin(c);
         var name = model ?? "config";
         if (repeats < 1) return new ProfileComparison(Make(name, c, null), Make(name + " (dense twin)", twin, null));
         var dd = Tensors.DdModule.parse(device);
-        if (dd.IsError) throw new SfMoeException(dd.ErrorValue);
+        if (dd.IsError) throw new ConfigException(dd.ErrorValue);
         var (tm, tt) = Measure(c, twin, dd.ResultValue, batchSize, warmup, repeats);
         return new ProfileComparison(Make(name, c, tm), Make(name + " (dense twin)", twin, tt));
     }
@@ -125,7 +105,7 @@ public static class ModelProfiler
         public Bench(Config.VitConfig c, Tensors.Dd dd, int batch)
         {
             Model = new Vit.SfMoeVit(c, dd, 0L);
-            _learner = new Train.Learner(Train.Network.NewVitNet(Model), Train.AlgorithmKind.SfMoeAlg, Optim.Kind.AdamL2, 1e-5, 0.0, 0L, dd);
+            _learner = new Train.Learner(Networks.Network.NewVitNet(Model), Train.AlgorithmKind.SfMoeAlg, Optim.Kind.AdamL2, 1e-5, 0.0, 0L, dd);
             using var gen = new Generator(0, dd.Device);
             _x = torch.randn(new long[] { batch, c.InChans, c.ImgSize, c.ImgSize }, generator: gen).to(dd.Device);
             _y = torch.randint(c.NumClasses, new long[] { batch }, generator: gen).to(dd.Device);

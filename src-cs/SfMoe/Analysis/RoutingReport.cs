@@ -67,7 +67,7 @@ public sealed class RoutingReport
     public static RoutingReport Run(RoutingReportOptions o, Action<string>? log = null)
     {
         using var probe = ModelProbe.Load(o.Checkpoint, o.Device, o.Seed);
-        var name = o.Dataset ?? probe.Dataset ?? throw new SfMoeException($"{o.Checkpoint}: the model file names no dataset; pass --dataset");
+        var name = o.Dataset ?? probe.Dataset ?? throw new ConfigException($"{o.Checkpoint}: the model file names no dataset; pass --dataset");
         var ds = Datasets.Open(name, o.DataDir, ImageCodec.Decode);
         return Run(probe, ds, o, log);
     }
@@ -75,7 +75,7 @@ public sealed class RoutingReport
     /// <summary>Analyses an opened model on an opened dataset and writes the files.</summary>
     public static RoutingReport Run(ModelProbe probe, IMultiDomainDataset ds, RoutingReportOptions o, Action<string>? log = null)
     {
-        if (probe.SparseBlocks.Count == 0) throw new SfMoeException($"{probe.Name} ({probe.Pattern}) has no sparse blocks: there is no routing to analyse");
+        if (probe.SparseBlocks.Count == 0) throw new ConfigException($"{probe.Name} ({probe.Pattern}) has no sparse blocks: there is no routing to analyse");
         if (ds.Spec.Classes.Count != probe.ClassNames.Count)
             log?.Invoke($"note: the model has {probe.ClassNames.Count} classes, {ds.Spec.Name} has {ds.Spec.Classes.Count}");
         var samples = AnalysisSamples.Select(ds, o.Split, o.MaxImages, o.TrialSeed);
@@ -92,7 +92,7 @@ public sealed class RoutingReport
                 if (mapSamples.Contains(refs[i]))
                     maps.Add((refs[i], images[i], r.Routing.Select(x => x.PatchTop1(i, probe.PrefixTokens)).ToArray()));
         }, log);
-        if (n == 0) throw new SfMoeException($"{ds.Spec.Name}: no readable images in the {o.Split} split");
+        if (n == 0) throw new ConfigException($"{ds.Spec.Name}: no readable images in the {o.Split} split");
         log?.Invoke($"{n} images, {stats[0].Tokens} tokens per sparse block");
 
         var files = new List<string>();

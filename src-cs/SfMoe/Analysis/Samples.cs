@@ -20,7 +20,7 @@ public static class AnalysisSamples
     /// </summary>
     public static IReadOnlyList<SampleRef> Select(IMultiDomainDataset dataset, string split = "in", int maxPerEnvironment = 200, int trialSeed = 0)
     {
-        if (maxPerEnvironment < 1) throw new SfMoeException($"max images must be >= 1, got {maxPerEnvironment}");
+        if (maxPerEnvironment < 1) throw new DatasetException($"max images must be >= 1, got {maxPerEnvironment}");
         var list = new List<SampleRef>();
         for (int e = 0; e < dataset.Environments.Count; e++)
         {
@@ -30,7 +30,7 @@ public static class AnalysisSamples
                 "in" => Splits.EnvSplit(e, env.Count, trialSeed).In,
                 "out" => Splits.EnvSplit(e, env.Count, trialSeed).Out,
                 "all" => Enumerable.Range(0, env.Count),
-                _ => throw new SfMoeException($"split must be in, out or all, got {split}"),
+                _ => throw new DatasetException($"split must be in, out or all, got {split}"),
             };
             list.AddRange(idx.Take(maxPerEnvironment).Select(i => new SampleRef(e, i, env.LabelOf(i))));
         }
@@ -45,7 +45,7 @@ public static class AnalysisSamples
     public static int ForEachBatch(ModelProbe probe, IMultiDomainDataset dataset, IReadOnlyList<SampleRef> samples, int batchSize,
         bool attention, bool routing, Action<IReadOnlyList<SampleRef>, IReadOnlyList<ImageU8>, ProbeResult> onBatch, Action<string>? warn = null)
     {
-        if (batchSize < 1) throw new SfMoeException($"batch size must be >= 1, got {batchSize}");
+        if (batchSize < 1) throw new DatasetException($"batch size must be >= 1, got {batchSize}");
         int done = 0;
         for (int start = 0; start < samples.Count; start += batchSize)
         {

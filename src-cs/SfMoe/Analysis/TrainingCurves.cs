@@ -54,7 +54,7 @@ public sealed class TrainingCurves
     /// </summary>
     public static TrainingCurves Read(string resultsPath, string? name = null)
     {
-        if (!File.Exists(resultsPath)) throw new SfMoeException($"{resultsPath}: file not found");
+        if (!File.Exists(resultsPath)) throw new RunException($"{resultsPath}: file not found");
         var lines = File.ReadAllLines(resultsPath);
         var steps = new List<double>(); var loss = new List<double>(); var aux = new List<double>();
         var acc = new SortedDictionary<string, List<double>>(StringComparer.Ordinal);
@@ -71,13 +71,13 @@ public sealed class TrainingCurves
             catch (JsonException e)
             {
                 if (i == last) continue;
-                throw new SfMoeException($"{resultsPath}:{i + 1}: not a JSON record ({e.Message})");
+                throw new RunException($"{resultsPath}:{i + 1}: not a JSON record ({e.Message})");
             }
             using (doc)
             {
                 var r = doc.RootElement;
                 if (r.ValueKind != JsonValueKind.Object || !r.TryGetProperty("step", out var st) || st.ValueKind != JsonValueKind.Number)
-                    throw new SfMoeException($"{resultsPath}:{i + 1}: a record needs a numeric \"step\"");
+                    throw new RunException($"{resultsPath}:{i + 1}: a record needs a numeric \"step\"");
                 int row = steps.Count;
                 steps.Add(st.GetDouble());
                 loss.Add(Num(r, "loss"));
@@ -134,12 +134,12 @@ public sealed class TrainingCurves
     /// </summary>
     public static IReadOnlyList<TrainingCurves> ReadAll(string inputDirectory)
     {
-        if (!Directory.Exists(inputDirectory)) throw new SfMoeException($"{inputDirectory}: folder not found");
+        if (!Directory.Exists(inputDirectory)) throw new RunException($"{inputDirectory}: folder not found");
         var root = System.IO.Path.GetFullPath(inputDirectory);
         var files = Directory.EnumerateFiles(root, Records.ResultsFileName, SearchOption.AllDirectories)
             .Select(f => (File: f, Rel: System.IO.Path.GetRelativePath(root, System.IO.Path.GetDirectoryName(f)!)))
             .OrderBy(t => t.Rel, StringComparer.Ordinal).ToArray();
-        if (files.Length == 0) throw new SfMoeException($"{inputDirectory}: no {Records.ResultsFileName} found (in it or below)");
+        if (files.Length == 0) throw new RunException($"{inputDirectory}: no {Records.ResultsFileName} found (in it or below)");
         return files.Select(t => Read(t.File, t.Rel == "." ? System.IO.Path.GetFileName(root) : t.Rel)).ToArray();
     }
 }

@@ -59,24 +59,23 @@ public static class ModelFile
 
     /// <summary>Writes the network's weights and header atomically; <paramref name="extra"/> adds header keys (never
     /// replacing the standard ones), e.g. where imported weights came from.</summary>
-    public static void Save(string path, Train.Network net, ModelHeader header, IReadOnlyDictionary<string, string>? extra = null)
+    internal static void Save(string path, Networks.Network net, ModelHeader header, IReadOnlyDictionary<string, string>? extra = null)
     {
         var tensors = net.Module.state_dict().Select(kv => Tuple.Create(kv.Key, kv.Value));
-        try { SafeTensors.write(path, Metadata(header, extra), ListModule.OfSeq(tensors)); }
-        catch (SafeTensors.SafeTensorsException e) { throw new SfMoeException(e.Data0, e); }
+        SafeTensors.write(path, Metadata(header, extra), ListModule.OfSeq(tensors));
     }
 
     /// <summary>Reads a model file's header. The message of any error names the file and the key at fault.</summary>
     public static ModelHeader ReadHeader(string path, IReadOnlyDictionary<string, string> meta)
     {
-        string Get(string k) => meta.TryGetValue(k, out var v) ? v : throw new SfMoeException($"{path}: not an SfMoe model file (header lacks \"{k}\")");
-        int GetInt(string k) => int.TryParse(Get(k), out var i) ? i : throw new SfMoeException($"{path}: header key \"{k}\" is not an integer: {Get(k)}");
+        string Get(string k) => meta.TryGetValue(k, out var v) ? v : throw new CheckpointException($"{path}: not an SfMoe model file (header lacks \"{k}\")");
+        int GetInt(string k) => int.TryParse(Get(k), out var i) ? i : throw new CheckpointException($"{path}: header key \"{k}\" is not an integer: {Get(k)}");
         T GetJson<T>(string k)
         {
-            try { return JsonSerializer.Deserialize<T>(Get(k)) ?? throw new SfMoeException($"{path}: header key \"{k}\" is empty"); }
-            catch (JsonException e) { throw new SfMoeException($"{path}: header key \"{k}\" is not valid JSON ({e.Message})"); }
+            try { return JsonSerializer.Deserialize<T>(Get(k)) ?? throw new CheckpointException($"{path}: header key \"{k}\" is empty"); }
+            catch (JsonException e) { throw new CheckpointException($"{path}: header key \"{k}\" is not valid JSON ({e.Message})"); }
         }
-        if (Get("format") != Format) throw new SfMoeException($"{path}: unknown model format \"{Get("format")}\" (expected {Format})");
+        if (Get("format") != Format) throw new CheckpointException($"{path}: unknown model format \"{Get("format")}\" (expected {Format})");
         return new ModelHeader(
             Get("backbone"), meta.TryGetValue("model_config", out var mc) ? mc : null, GetInt("num_classes"), GetInt("in_chans"),
             GetInt("img_size"), GetJson<string[]>("class_names"), meta.TryGetValue("dataset", out var ds) ? ds : null,
@@ -85,57 +84,19 @@ public static class ModelFile
 
     /// <summary>Loads a model file: the network (strict load by name) and its header.</summary>
     /// <exception cref="SfMoeException">Missing, truncated or foreign file; missing or mis-shaped keys.</exception>
-    public static (Train.Network Net, ModelHeader Header) Load(string path, string device = "cpu")
+    internal static (Networks.Network Net, ModelHeader Header) Load(string path, string device = "cpu")
     {
-        if (!File.Exists(path)) throw new SfMoeException($"{path}: file not found");
-        SafeTensors.Contents contents;
-        try { contents = SafeTensors.read(path); }
-        catch (SafeTensors.SafeTensorsException e) { throw new SfMoeException(e.Data0, e); }
-        using var _ = contents;
+        if (!File.Exists(path)) throw new CheckpointException($"{path}: file not found");
+        using var contents = SafeTensors.read(path);
         var header = ReadHeader(path, contents.Metadata.ToDictionary(kv => kv.Key, kv => kv.Value));
-        var net = Networks.Create(header.Backbone, header.ModelConfigJson, header.NumClasses, header.InChannels, header.ImageSize, device, 0, dropout: 0.0);
+        var net = Networks.build(Architecture(header), Tensors.DdModule.ofString(device), 0, 0.0);
         try { Weights.load(true, net.Module, contents.Tensors); }
-        catch (Weights.WeightsException e) { net.Module.Dispose(); throw new SfMoeException($"{path}: {e.Data0}", e); }
+        catch (CheckpointException e) { net.Module.Dispose(); throw new CheckpointException($"{path}: {e.Message}", e); }
         return (net, header);
     }
+
+    /// <summary>The architecture a header describes.</summary>
+    internal static Config.Architecture Architecture(ModelHeader h) =>
+        ModelSpec.ofHeader(h.Backbone, h.ModelConfigJson is null ? null : FSharpOption<string>.Some(h.ModelConfigJson), h.NumClasses, h.InChannels, h.ImageSize);
 }
 
-/// <summary>Builds networks by backbone name.</summary>
-public static class Networks
-{
-    /// <summary>CNN baselines next to the ViT registry.</summary>
-    public static readonly IReadOnlyList<string> CnnBackbones = new[] { "resnet50", "mnist_cnn" };
-
-    /// <summary>
-    /// A network: <paramref name="backbone"/> "vit" with a ViT config (JSON), or "resnet50" / "mnist_cnn". Weights
-    /// are a function of <paramref name="seed"/>.
-    /// </summary>
-    public static Train.Network Create(string backbone, string? vitConfigJson, int numClasses, int inChannels, int imageSize, string device, long seed, double dropout)
-    {
-        var dd = Tensors.DdModule.parse(device);
-        if (dd.IsError) throw new SfMoeException(dd.ErrorValue);
-        switch (backbone)
-        {
-            case "vit":
-                var cfg = ParseConfig(vitConfigJson ?? throw new SfMoeException("a ViT model needs its config"));
-                return Train.Network.NewVitNet(new Vit.SfMoeVit(cfg, dd.ResultValue, FSharpOption<long>.Some(seed)));
-            case "resnet50":
-                torch.manual_seed(seed);
-                return Train.resnet(dd.ResultValue, inChannels, numClasses, dropout);
-            case "mnist_cnn":
-                torch.manual_seed(seed);
-                return Train.mnist(dd.ResultValue, inChannels, numClasses);
-            default:
-                throw new SfMoeException($"unknown backbone {backbone}: expected vit, resnet50 or mnist_cnn");
-        }
-    }
-
-    internal static Config.VitConfig ParseConfig(string json)
-    {
-        try
-        {
-            return ConfigJson.parse(FuncConvert.FromFunc<string, FSharpResult<Config.VitConfig, string>>(Registry.tryCreate), json);
-        }
-        catch (ConfigJson.ConfigException e) { throw new SfMoeException(e.Data0, e); }
-    }
-}

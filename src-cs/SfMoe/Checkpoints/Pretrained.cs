@@ -122,35 +122,22 @@ public static class Pretrained
 
     internal static CoreImport.Format ParseFormat(string format) =>
         CoreImport.FormatModule.tryParse(format) is { } f ? f.Value
-        : throw new SfMoeException($"unknown pretrained format {format}: expected {CoreImport.FormatModule.names}");
+        : throw new CheckpointException($"unknown pretrained format {format}: expected {CoreImport.FormatModule.names}");
 
     internal static FSharpOption<Upcycle.ExpertInit>? ParseExperts(string? experts) => experts?.Trim().ToLowerInvariant() switch
     {
         null or "" => null,
         "copy" => FSharpOption<Upcycle.ExpertInit>.Some(Upcycle.ExpertInit.CopyDense),
         "random" => FSharpOption<Upcycle.ExpertInit>.Some(Upcycle.ExpertInit.KeepInit),
-        _ => throw new SfMoeException($"experts must be copy or random, got {experts}"),
+        _ => throw new CheckpointException($"experts must be copy or random, got {experts}"),
     };
-
-    /// <summary>Runs <paramref name="f"/>, turning the core's file and format errors into <see cref="SfMoeException"/>.</summary>
-    internal static T Guard<T>(Func<T> f)
-    {
-        try { return f(); }
-        catch (CoreImport.ImportException e) { throw new SfMoeException(e.Data0, e); }
-        catch (Pickle.PickleException e) { throw new SfMoeException(e.Data0, e); }
-        catch (TorchFile.TorchFileException e) { throw new SfMoeException(e.Data0, e); }
-        catch (Npz.NpzException e) { throw new SfMoeException(e.Data0, e); }
-        catch (SafeTensors.SafeTensorsException e) { throw new SfMoeException(e.Data0, e); }
-        catch (ConfigJson.ConfigException e) { throw new SfMoeException(e.Data0, e); }
-        catch (Weights.WeightsException e) { throw new SfMoeException(e.Data0, e); }
-    }
 
     /// <summary>Reads a checkpoint into memory under SfMoe's names (the caller disposes it).</summary>
     internal static Import.Source Read(string path, string format)
     {
         var fmt = ParseFormat(format);
-        if (!File.Exists(path)) throw new SfMoeException($"{path}: file not found");
-        return Guard(() => CoreImport.read(fmt, path));
+        if (!File.Exists(path)) throw new CheckpointException($"{path}: file not found");
+        return CoreImport.read(fmt, path);
     }
 
     /// <summary>
@@ -158,17 +145,17 @@ public static class Pretrained
     /// the network keeps its own init wherever the checkpoint has nothing (a head with another class count, routers,
     /// experts with "random"). Fails, changing nothing, on any missing, unexpected or mis-shaped key.
     /// </summary>
-    /// <param name="network">The network, e.g. from <see cref="Networks.Create"/> with the run's config and seed.</param>
+    /// <param name="network">The network, built with the run's config and seed.</param>
     /// <param name="path">The checkpoint file.</param>
     /// <param name="format">deit, timm, augreg, sfmoe-dg, gmoe or torchvision.</param>
     /// <param name="experts">copy, random, or null for the network's default (random for SF-MoE, copy for GMoE).</param>
     /// <returns>What was loaded, resampled, re-initialised, upcycled and ignored, and the normalisation the weights expect.</returns>
     /// <exception cref="SfMoeException">Unreadable or unsafe file, unknown format, or keys that do not fit.</exception>
-    public static ImportReport LoadInto(Train.Network network, string path, string format, string? experts = null)
+    internal static ImportReport LoadInto(Networks.Network network, string path, string format, string? experts = null)
     {
         var mode = ParseExperts(experts);
         using var src = Read(path, format);
-        var r = Guard(() => CoreImport.loadInto(network, src, mode));
+        var r = CoreImport.loadInto(network, src, mode);
         return new ImportReport(r, src.Normalization, format);
     }
 
@@ -184,69 +171,51 @@ public static class Pretrained
         CoreImport.Normalization? norm = null;
         if (options.Normalization is not null)
             norm = CoreImport.NormalizationModule.tryParse(options.Normalization) is { } n ? n.Value
-                : throw new SfMoeException($"normalization must be imagenet or inception, got {options.Normalization}");
-        if (options.NumClasses is < 1) throw new SfMoeException($"num-classes must be >= 1, got {options.NumClasses}");
-        if (options.ImageSize is < 1) throw new SfMoeException($"img-size must be >= 1, got {options.ImageSize}");
-        if (options.Model is not null && options.ModelConfigJson is not null) throw new SfMoeException("give a model or a model config, not both");
+                : throw new CheckpointException($"normalization must be imagenet or inception, got {options.Normalization}");
+        if (options.NumClasses is < 1) throw new CheckpointException($"num-classes must be >= 1, got {options.NumClasses}");
+        if (options.ImageSize is < 1) throw new CheckpointException($"img-size must be >= 1, got {options.ImageSize}");
+        if (options.Model is not null && options.ModelConfigJson is not null) throw new CheckpointException("give a model or a model config, not both");
         using var src = Read(inputPath, format);
         var notes = new List<string>();
-        Train.Network net;
-        string backbone, modelName;
-        string? vitJson = null;
-        int numClasses, inChans, imgSize;
+        string modelName;
+        ModelSpec.Source source;
+        int? numClasses = options.NumClasses;
         if (src.IsResNet || options.Model == "resnet50")
         {
-            if (!src.IsResNet) throw new SfMoeException($"{inputPath} is not a ResNet-50 checkpoint; resnet50 takes --from torchvision or a DomainBed ERM model.pkl");
+            if (!src.IsResNet) throw new CheckpointException($"{inputPath} is not a ResNet-50 checkpoint; resnet50 takes --from torchvision or a DomainBed ERM model.pkl");
             if (options.Model is not null && options.Model != "resnet50" || options.ModelConfigJson is not null)
-                throw new SfMoeException($"{inputPath} is a ResNet-50 checkpoint: the model is resnet50");
+                throw new CheckpointException($"{inputPath} is a ResNet-50 checkpoint: the model is resnet50");
             var cls = src.Tensors.FirstOrDefault(t => t.Item1 == "classifier.weight");
-            numClasses = options.NumClasses ?? (cls is null ? 1000 : (int)cls.Item2.shape[0]);
-            inChans = 3;
-            imgSize = options.ImageSize ?? 224;
-            backbone = modelName = "resnet50";
-            net = Networks.Create("resnet50", null, numClasses, inChans, imgSize, options.Device, options.Seed, 0.0);
+            numClasses ??= cls is null ? 1000 : (int)cls.Item2.shape[0];
+            source = ModelSpec.Source.NewNamed("resnet50");
+            modelName = "resnet50";
+        }
+        else if (options.ModelConfigJson is not null) { source = ModelSpec.Source.NewJson(options.ModelConfigJson); modelName = "model config"; }
+        else if (options.Model is not null) { source = ModelSpec.Source.NewNamed(options.Model); modelName = options.Model; }
+        else if (src.Config is { } stated)
+        {
+            source = ModelSpec.Source.NewGiven(Config.Architecture.NewVitArch(stated.Value));
+            modelName = src.Algorithm is { } a ? $"{a.Value}'s model (from the checkpoint)" : "the checkpoint's config";
         }
         else
         {
-            Config.VitConfig cfg;
-            if (options.ModelConfigJson is not null) { cfg = Networks.ParseConfig(options.ModelConfigJson); modelName = "model config"; }
-            else if (options.Model is not null)
-            {
-                var r = Registry.tryCreate(options.Model);
-                if (r.IsError) throw new SfMoeException(r.ErrorValue);
-                cfg = r.ResultValue;
-                modelName = options.Model;
-            }
-            else if (src.Config is { } stated)
-            {
-                cfg = stated.Value;
-                modelName = src.Algorithm is { } a ? $"{a.Value}'s model (from the checkpoint)" : "the checkpoint's config";
-            }
-            else
-            {
-                var inferred = Guard(() => CoreImport.inferConfig(src));
-                cfg = inferred.Item1;
-                notes.AddRange(inferred.Item2);
-                modelName = "inferred from the checkpoint";
-            }
-            if (options.NumClasses is int k) cfg = SfMoeModel.With(cfg, numClasses: k);
-            if (options.ImageSize is int s) cfg = SfMoeModel.With(cfg, imgSize: s);
-            var v = Config.VitConfigModule.validate(cfg);
-            if (v.IsError) throw new SfMoeException(v.ErrorValue);
-            vitJson = ConfigJson.toJson(false, cfg);
-            numClasses = cfg.NumClasses;
-            inChans = cfg.InChans;
-            imgSize = cfg.ImgSize;
-            backbone = "vit";
-            net = Networks.Create("vit", vitJson, numClasses, inChans, imgSize, options.Device, options.Seed, 0.0);
+            var inferred = CoreImport.inferConfig(src);
+            source = ModelSpec.Source.NewGiven(Config.Architecture.NewVitArch(inferred.Item1));
+            notes.AddRange(inferred.Item2);
+            modelName = "inferred from the checkpoint";
         }
+        var arch = ModelSpec.resolve(ModelSpec.Create(source, null, numClasses, options.ImageSize, null));
+        var net = Networks.build(arch, Tensors.DdModule.ofString(options.Device), options.Seed, 0.0);
+        var (backbone, vitJson) = (Config.ArchitectureModule.backbone(arch), ModelSpec.vitJson(arch)?.Value);
+        var (inChans, imgSize) = (Config.ArchitectureModule.inChans(arch), Config.ArchitectureModule.imgSize(arch));
+        numClasses = Config.ArchitectureModule.numClasses(arch);
         using var _ = net.Module;
-        var report = Guard(() => CoreImport.loadInto(net, src, mode));
+        var report = CoreImport.loadInto(net, src, mode);
         var expected = norm ?? src.Normalization;
-        var classNames = options.ClassNames ?? Enumerable.Range(0, numClasses).Select(i => $"class{i}").ToList();
-        if (classNames.Count != numClasses) throw new SfMoeException($"{classNames.Count} class names for {numClasses} classes");
+        var classNames = options.ClassNames ?? Enumerable.Range(0, numClasses.Value).Select(i => $"class{i}").ToList();
+        if (classNames.Count != numClasses) throw new CheckpointException($"{classNames.Count} class names for {numClasses} classes");
         var algorithm = src.Algorithm is { } alg ? alg.Value : "import";
-        var header = new ModelHeader(backbone, vitJson, numClasses, inChans, imgSize, classNames,
+        var header = new ModelHeader(backbone, vitJson, numClasses.Value, inChans, imgSize, classNames,
                                      src.Dataset is { } ds ? ds.Value : null, 0, algorithm, "{}", expected.Mean, expected.Std);
         var extra = new Dictionary<string, string>
         {
@@ -269,7 +238,7 @@ public static class Pretrained
     public static void Export(string checkpointPath, string format, string outputPath)
     {
         var fmt = CoreExport.FormatModule.tryParse(format) is { } f ? f.Value
-            : throw new SfMoeException($"unknown export format {format}: expected timm or pytorch");
+            : throw new CheckpointException($"unknown export format {format}: expected timm or pytorch");
         var (net, header) = ModelFile.Load(checkpointPath);
         using var _ = net.Module;
         var meta = new Dictionary<string, string>
@@ -282,10 +251,6 @@ public static class Pretrained
             ["moe_layout"] = "lucidrains: mlp.gate.w_gating [D,E], mlp.experts.w1 [E,D,H], mlp.experts.w2 [E,H,D], y = gelu(x @ w1[e]) @ w2[e]",
         };
         if (header.ModelConfigJson is not null) meta["sfmoe_model_config"] = header.ModelConfigJson;
-        Guard(() =>
-        {
-            CoreExport.write(fmt, outputPath, net, MapModule.OfSeq(meta.Select(kv => Tuple.Create(kv.Key, kv.Value))));
-            return 0;
-        });
+        CoreExport.write(fmt, outputPath, net, MapModule.OfSeq(meta.Select(kv => Tuple.Create(kv.Key, kv.Value))));
     }
 }

@@ -89,7 +89,7 @@ public static class Datasets
 
     /// <summary>The spec of a known dataset; throws <see cref="SfMoeException"/> listing the known names otherwise.</summary>
     public static DatasetSpec GetSpec(string name) =>
-        TryGetSpec(name) ?? throw new SfMoeException($"unknown dataset {name}; known datasets: {string.Join(", ", Names)}");
+        TryGetSpec(name) ?? throw new DatasetException($"unknown dataset {name}; known datasets: {string.Join(", ", Names)}");
 
     /// <summary>
     /// The data directory to use: <paramref name="dataDir"/>, else the <c>SFMOE_DATA_DIR</c> environment variable;
@@ -99,7 +99,7 @@ public static class Datasets
     {
         var d = string.IsNullOrWhiteSpace(dataDir) ? Environment.GetEnvironmentVariable(DataDirVariable) : dataDir;
         if (string.IsNullOrWhiteSpace(d))
-            throw new SfMoeException($"no data directory given: pass --data-dir or set {DataDirVariable}");
+            throw new DatasetException($"no data directory given: pass --data-dir or set {DataDirVariable}");
         return Path.GetFullPath(d);
     }
 
@@ -122,12 +122,12 @@ public static class Datasets
 
         string dir = ResolveDataDir(dataDir);
         if (!Directory.Exists(dir))
-            throw new SfMoeException($"data directory {dir} does not exist");
+            throw new DatasetException($"data directory {dir} does not exist");
         if (spec is null)
         {
             string custom = Path.Combine(dir, name);
             if (Directory.Exists(custom)) return OpenFolder(custom, decode);
-            throw new SfMoeException(
+            throw new DatasetException(
                 $"unknown dataset {name}: not a known dataset ({string.Join(", ", Names)}) and {custom} is not a folder");
         }
         switch (spec.Name)
@@ -137,7 +137,7 @@ public static class Datasets
         }
         string root = Path.Combine(dir, spec.DirName);
         if (!Directory.Exists(root))
-            throw new SfMoeException(
+            throw new DatasetException(
                 $"{spec.Name}: dataset folder not found: expected {root} (the folder {spec.DirName}/ under the data directory); " +
                 $"run `sfmoe download {spec.Name} --data-dir {dir}` or point --data-dir at the folder that holds {spec.DirName}/");
         return ImageFolderDataset.Open(root, spec, decode ?? throw new ArgumentNullException(nameof(decode), "an image decoder is needed for " + spec.Name));
@@ -151,7 +151,7 @@ public static class Datasets
     {
         ArgumentNullException.ThrowIfNull(decode);
         string full = Path.GetFullPath(path);
-        if (!Directory.Exists(full)) throw new SfMoeException($"dataset folder {full} not found");
+        if (!Directory.Exists(full)) throw new DatasetException($"dataset folder {full} not found");
         string name = Path.GetFileName(Path.TrimEndingDirectorySeparator(full));
         template ??= Image(name, name, [], []);
         return ImageFolderDataset.Open(full, template, decode);

@@ -157,12 +157,12 @@ public static class DownloadCatalog
         if (!string.Equals(name, "MNIST", StringComparison.OrdinalIgnoreCase))
         {
             var spec = Datasets.TryGetSpec(dataset)
-                ?? throw new SfMoeException($"unknown dataset {dataset}; downloadable: {string.Join(", ", All.Select(d => d.Dataset))}");
+                ?? throw new DatasetException($"unknown dataset {dataset}; downloadable: {string.Join(", ", All.Select(d => d.Dataset))}");
             name = spec.Name switch { "RotatedMNIST" or "ColoredMNIST" => "MNIST", _ => spec.Name };
             if (name == "CUB-DG")
-                throw new SfMoeException("CUB-DG has no public download (SF-MoE's code has no generation script); put it at <data-dir>/CUB_DG/<env>/<class>/<images>");
+                throw new DatasetException("CUB-DG has no public download (SF-MoE's code has no generation script); put it at <data-dir>/CUB_DG/<env>/<class>/<images>");
             if (name == "Synthetic")
-                throw new SfMoeException("Synthetic needs no download: it is rendered on the fly (SyntheticDataset.WriteImageFolder writes a copy)");
+                throw new DatasetException("Synthetic needs no download: it is rendered on the fly (SyntheticDataset.WriteImageFolder writes a copy)");
         }
         return All.First(d => string.Equals(d.Dataset, name, StringComparison.OrdinalIgnoreCase));
     }
@@ -272,7 +272,7 @@ public static class Downloader
             var (sha, md5, len) = await HashAsync(destination, cancel).ConfigureAwait(false);
             var problem = Mismatch(file, sha, md5, len);
             if (problem is not null)
-                throw new SfMoeException($"{destination} exists but does not match: {problem}; delete it to download it again");
+                throw new DatasetException($"{destination} exists but does not match: {problem}; delete it to download it again");
             return Checked(file, sha, len, progress);
         }
         string part = destination + ".part";
@@ -286,7 +286,7 @@ public static class Downloader
             if (outcome is RetryableException) break;   // attempts exhausted on a reachable server: keep the .part, stop
         }
         if (last is not null)
-            throw new SfMoeException($"cannot download {file.FileName}: {last.Message}" +
+            throw new DatasetException($"cannot download {file.FileName}: {last.Message}" +
                 (File.Exists(part) ? $" ({new FileInfo(part).Length} bytes kept in {part}; run again to resume)" : ""), last);
 
         progress?.Report(new("verify", file.FileName, 0, new FileInfo(part).Length));
@@ -296,7 +296,7 @@ public static class Downloader
         {
             TryDelete(part);
             TryDelete(validatorFile);
-            throw new SfMoeException($"checksum mismatch for {file.FileName} from {urls[0]}: {mismatch}; the download was deleted");
+            throw new DatasetException($"checksum mismatch for {file.FileName} from {urls[0]}: {mismatch}; the download was deleted");
         }
         File.Move(part, destination);
         TryDelete(validatorFile);
@@ -514,7 +514,7 @@ public static class Downloader
                 foreach (var a in archives) Extract(a, extract, progress, cancel);
                 string top = Path.Combine(extract, recipe.TopFolder!);
                 if (!Directory.Exists(top))
-                    throw new SfMoeException(
+                    throw new DatasetException(
                         $"{recipe.Dataset}: the archive has no folder {recipe.TopFolder}/ (it holds: " +
                         $"{string.Join(", ", Directory.EnumerateFileSystemEntries(extract).Select(Path.GetFileName).Take(10))})");
                 return top;
@@ -545,7 +545,7 @@ public static class Downloader
         {
             string full = Path.GetFullPath(Path.Combine(root, entry.Replace('\\', '/')));
             if (!full.StartsWith(root, StringComparison.Ordinal) && full + Path.DirectorySeparatorChar != root)
-                throw new SfMoeException($"{name}: entry {entry} would be written outside {into}; refusing the archive");
+                throw new DatasetException($"{name}: entry {entry} would be written outside {into}; refusing the archive");
             return full;
         }
         long count = 0;
@@ -591,11 +591,11 @@ public static class Downloader
                     if (++count % 1000 == 0) progress?.Report(new("extract", name, count, null));
                 }
             }
-            else throw new SfMoeException($"{name}: unknown archive type (expected .zip, .tar.gz, .tgz or .tar)");
+            else throw new DatasetException($"{name}: unknown archive type (expected .zip, .tar.gz, .tgz or .tar)");
         }
         catch (Exception ex) when (ex is InvalidDataException or EndOfStreamException or FormatException)
         {
-            throw new SfMoeException($"{name}: the archive is damaged: {ex.Message}", ex);
+            throw new DatasetException($"{name}: the archive is damaged: {ex.Message}", ex);
         }
         progress?.Report(new("extract", name, count, count));
     }
@@ -639,14 +639,14 @@ public static class Downloader
     {
         string images = Path.Combine(extract, "eccv_18_all_images_sm");
         string annotations = Path.Combine(extract, "eccv_18_annotation_files");
-        if (!Directory.Exists(images)) throw new SfMoeException($"TerraIncognita: the images archive has no folder eccv_18_all_images_sm/");
+        if (!Directory.Exists(images)) throw new DatasetException($"TerraIncognita: the images archive has no folder eccv_18_all_images_sm/");
         var categories = new Dictionary<string, string>();
         var imageList = new List<(string Id, string Location, string File)>();
         var annotationsOf = new Dictionary<string, List<string>>();
         foreach (var f in TerraAnnotationFiles)
         {
             string path = Path.Combine(annotations, f);
-            if (!File.Exists(path)) throw new SfMoeException($"TerraIncognita: annotation file {f} is missing from eccv_18_annotations.tar.gz");
+            if (!File.Exists(path)) throw new DatasetException($"TerraIncognita: annotation file {f} is missing from eccv_18_annotations.tar.gz");
             using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
             var root = doc.RootElement;
             foreach (var c in root.GetProperty("categories").EnumerateArray())

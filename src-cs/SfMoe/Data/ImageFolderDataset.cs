@@ -47,10 +47,10 @@ public sealed class ImageFolderDataset : IMultiDomainDataset
         string name = template.Name;
         root = Path.GetFullPath(root);
         if (!Directory.Exists(root))
-            throw new SfMoeException($"{name}: dataset folder {root} not found");
+            throw new DatasetException($"{name}: dataset folder {root} not found");
         var envNames = SubfolderNames(root);
         if (envNames.Count == 0)
-            throw new SfMoeException($"{name}: {root} has no environment folders (expected {root}/<environment>/<class>/<images>)");
+            throw new DatasetException($"{name}: {root} has no environment folders (expected {root}/<environment>/<class>/<images>)");
 
         string[]? classes = null;
         string? classesFrom = null;
@@ -60,18 +60,18 @@ public sealed class ImageFolderDataset : IMultiDomainDataset
             string envDir = Path.Combine(root, envNames[e]);
             var found = SubfolderNames(envDir);
             if (found.Count == 0)
-                throw new SfMoeException($"{name}: environment folder {envDir} is empty (expected one folder per class)");
+                throw new DatasetException($"{name}: environment folder {envDir} is empty (expected one folder per class)");
             if (classes is null) { classes = [.. found]; classesFrom = envNames[e]; }
             else
             {
                 foreach (var c in classes)
                     if (!found.Contains(c))
-                        throw new SfMoeException(
+                        throw new DatasetException(
                             $"{name}: class folder '{c}' is missing in environment '{envNames[e]}' ({Path.Combine(envDir, c)}); " +
                             $"every environment needs the same classes ('{c}' is in '{classesFrom}')");
                 foreach (var c in found)
                     if (Array.IndexOf(classes, c) < 0)
-                        throw new SfMoeException(
+                        throw new DatasetException(
                             $"{name}: class folder '{c}' is missing in environment '{classesFrom}' ({Path.Combine(root, classesFrom!, c)}); " +
                             $"every environment needs the same classes ('{c}' is in '{envNames[e]}')");
             }
@@ -83,7 +83,7 @@ public sealed class ImageFolderDataset : IMultiDomainDataset
                 int before = paths.Count;
                 CollectImages(classDir, paths);
                 if (paths.Count == before)
-                    throw new SfMoeException(
+                    throw new DatasetException(
                         $"{name}: no image files ({string.Join(" ", ImageExtensions)}) in {classDir}");
                 for (int i = before; i < paths.Count; i++) labels.Add(k);
             }

@@ -176,9 +176,9 @@ public sealed class TrainStream : IDisposable
     public TrainStream(IReadOnlyList<(IDomainEnvironment Env, int[] Indices)> envs, int batchSize, IPreprocessor pre, long seed,
                        int startStep, int workers, SafeLoader loader, Device device, int prefetch = 2)
     {
-        if (batchSize < 1) throw new SfMoeException($"batch size must be >= 1, got {batchSize}");
+        if (batchSize < 1) throw new DatasetException($"batch size must be >= 1, got {batchSize}");
         foreach (var (env, idx) in envs)
-            if (idx.Length == 0) throw new SfMoeException($"environment {env.Name} has no training samples");
+            if (idx.Length == 0) throw new DatasetException($"environment {env.Name} has no training samples");
         _envs = envs; _batch = batchSize; _pre = pre; _seed = seed; _loader = loader;
         _workers = Math.Max(1, workers); _device = device; _next = startStep;
         _queue = new BlockingCollection<StepBatch>(Math.Max(1, prefetch));
@@ -230,7 +230,7 @@ public sealed class TrainStream : IDisposable
                 for (int attempt = 0; ; attempt++)
                 {
                     if (attempt > 1000)
-                        throw new SfMoeException($"environment {env.Name}: no readable image found after {attempt} draws");
+                        throw new DatasetException($"environment {env.Name}: no readable image found after {attempt} draws");
                     int idx = indices[pick.Next(indices.Length)];
                     var img = _loader.TryLoad(env, idx);
                     if (img is null) continue;
@@ -266,7 +266,7 @@ public sealed class TrainStream : IDisposable
         }
         catch (InvalidOperationException) when (_failure is not null)
         {
-            throw _failure is SfMoeException ? _failure : new SfMoeException($"data loading failed: {_failure.Message}", _failure);
+            throw _failure is SfMoeException ? _failure : new DatasetException($"data loading failed: {_failure.Message}", _failure);
         }
     }
 
@@ -336,7 +336,7 @@ public sealed class EvalSplit
                 int i = _readable[start + j];
                 ImageU8 resized;
                 if (_cache is not null) resized = new ImageU8(h, w, c, _cache[i]);
-                else resized = _pre.Resize(loader.TryLoad(_env, _indices[i]) ?? throw new SfMoeException($"{_env.SourceOf(_indices[i])} became unreadable"));
+                else resized = _pre.Resize(loader.TryLoad(_env, _indices[i]) ?? throw new DatasetException($"{_env.SourceOf(_indices[i])} became unreadable"));
                 _pre.ToInput(resized, pixels.AsSpan(j * per, per));
                 labels[j] = _env.LabelOf(_indices[i]);
             });

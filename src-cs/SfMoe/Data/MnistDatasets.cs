@@ -43,14 +43,14 @@ public sealed class MnistData
     public static MnistData Load(string dataDir)
     {
         if (!Directory.Exists(dataDir))
-            throw new SfMoeException($"MNIST: data directory {Path.GetFullPath(dataDir)} does not exist");
+            throw new DatasetException($"MNIST: data directory {Path.GetFullPath(dataDir)} does not exist");
         foreach (var folder in CandidateFolders(dataDir))
         {
             if (!Directory.Exists(folder)) continue;
             var files = FileNames.Select(n => Find(folder, n)).ToArray();
             if (files.All(f => f is not null)) return LoadFiles(files!, folder);
         }
-        throw new SfMoeException(
+        throw new DatasetException(
             $"MNIST: the idx files ({string.Join(", ", FileNames)}, raw or .gz) were not found in any of " +
             $"{string.Join(", ", CandidateFolders(dataDir).Select(Path.GetFullPath))}; run `sfmoe download MNIST --data-dir {dataDir}`");
     }
@@ -73,11 +73,11 @@ public sealed class MnistData
         var (trY, n2) = ReadIdx(files[1], 1);
         var (teX, n3) = ReadIdx(files[2], 3);
         var (teY, n4) = ReadIdx(files[3], 1);
-        if (n1 != n2) throw new SfMoeException($"MNIST: {files[0]} has {n1} images but {files[1]} has {n2} labels");
-        if (n3 != n4) throw new SfMoeException($"MNIST: {files[2]} has {n3} images but {files[3]} has {n4} labels");
+        if (n1 != n2) throw new DatasetException($"MNIST: {files[0]} has {n1} images but {files[1]} has {n2} labels");
+        if (n3 != n4) throw new DatasetException($"MNIST: {files[2]} has {n3} images but {files[3]} has {n4} labels");
         foreach (var (y, f) in new[] { (trY, files[1]), (teY, files[3]) })
             foreach (var d in y)
-                if (d > 9) throw new SfMoeException($"MNIST: {f} has a label {d} outside 0..9");
+                if (d > 9) throw new DatasetException($"MNIST: {f} has a label {d} outside 0..9");
         return new MnistData([.. trX, .. teX], [.. trY, .. teY], folder);
     }
 
@@ -92,28 +92,28 @@ public sealed class MnistData
             s.ReadExactly(head);
             uint magic = BinaryPrimitives.ReadUInt32BigEndian(head);
             if (magic != 0x800u + (uint)dims)
-                throw new SfMoeException($"MNIST: {path} is not an idx file of {dims}-d unsigned bytes (magic 0x{magic:x8}, expected 0x{0x800 + dims:x8})");
+                throw new DatasetException($"MNIST: {path} is not an idx file of {dims}-d unsigned bytes (magic 0x{magic:x8}, expected 0x{0x800 + dims:x8})");
             int count = BinaryPrimitives.ReadInt32BigEndian(head[4..]);
             long size = count;
             for (int d = 1; d < dims; d++)
             {
                 int len = BinaryPrimitives.ReadInt32BigEndian(head[(4 + 4 * d)..]);
-                if (len != Side) throw new SfMoeException($"MNIST: {path} holds {len}-pixel sides, expected {Side}");
+                if (len != Side) throw new DatasetException($"MNIST: {path} holds {len}-pixel sides, expected {Side}");
                 size *= len;
             }
-            if (count < 0 || size > Array.MaxLength) throw new SfMoeException($"MNIST: {path} declares an impossible size");
+            if (count < 0 || size > Array.MaxLength) throw new DatasetException($"MNIST: {path} declares an impossible size");
             var data = new byte[size];
             try { s.ReadExactly(data); }
-            catch (EndOfStreamException) { throw new SfMoeException($"MNIST: {path} is truncated (expected {size} bytes of data after the header)"); }
+            catch (EndOfStreamException) { throw new DatasetException($"MNIST: {path} is truncated (expected {size} bytes of data after the header)"); }
             return (data, count);
         }
         catch (Exception e) when (e is (IOException or InvalidDataException) and not EndOfStreamException)
         {
-            throw new SfMoeException($"MNIST: cannot read {path}: {e.Message}", e);
+            throw new DatasetException($"MNIST: cannot read {path}: {e.Message}", e);
         }
         catch (EndOfStreamException)
         {
-            throw new SfMoeException($"MNIST: {path} is truncated (shorter than its header)");
+            throw new DatasetException($"MNIST: {path} is truncated (shorter than its header)");
         }
     }
 }

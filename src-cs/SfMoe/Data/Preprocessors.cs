@@ -23,8 +23,8 @@ public sealed class ImageNetPreprocessor : IPreprocessor
     /// <summary>Creates the pipeline for RGB inputs of <paramref name="size"/> x <paramref name="size"/>.</summary>
     public ImageNetPreprocessor(int channels, int size, float[] mean, float[] std)
     {
-        if (channels != 3) throw new SfMoeException($"the image pipeline makes RGB inputs; the dataset has {channels} channels");
-        if (mean.Length != 3 || std.Length != 3) throw new SfMoeException("mean and std need 3 values");
+        if (channels != 3) throw new DatasetException($"the image pipeline makes RGB inputs; the dataset has {channels} channels");
+        if (mean.Length != 3 || std.Length != 3) throw new DatasetException("mean and std need 3 values");
         Height = Width = size; _mean = mean; _std = std;
     }
 
@@ -87,7 +87,7 @@ public sealed class MnistPreprocessor : IPreprocessor
     public void ToInput(ImageU8 resized, Span<float> dest)
     {
         if (resized.Channels != Channels)
-            throw new SfMoeException($"expected {Channels}-channel images, got {resized.Channels}");
+            throw new DatasetException($"expected {Channels}-channel images, got {resized.Channels}");
         Transforms.ToCHW(resized, Mean, Std, dest);
     }
 }

@@ -75,9 +75,9 @@ public sealed class SyntheticDataset : IMultiDomainDataset
     public SyntheticDataset(SyntheticOptions? options = null)
     {
         Options = options ?? new SyntheticOptions();
-        if (Options.Size < 16) throw new SfMoeException($"synthetic dataset: size must be at least 16 pixels, got {Options.Size}");
+        if (Options.Size < 16) throw new DatasetException($"synthetic dataset: size must be at least 16 pixels, got {Options.Size}");
         if (Options.ImagesPerEnvironment < 1)
-            throw new SfMoeException($"synthetic dataset: images per environment must be at least 1, got {Options.ImagesPerEnvironment}");
+            throw new DatasetException($"synthetic dataset: images per environment must be at least 1, got {Options.ImagesPerEnvironment}");
         Spec = MakeSpec(Options);
         _envs = Domains.Select((d, e) => new Env(this, d, e)).ToArray();
     }

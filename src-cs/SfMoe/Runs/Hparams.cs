@@ -39,7 +39,7 @@ public static class Hparams
     {
         var h = new SortedDictionary<string, object>(StringComparer.Ordinal);
         bool draw = hparamsSeed != 0;
-        if (draw && random is null) throw new SfMoeException("random hyperparameters need a generator");
+        if (draw && random is null) throw new ConfigException("random hyperparameters need a generator");
         bool small = SmallImages.Contains(dataset);
         bool synthetic = dataset == "Synthetic";
         var authors = AuthorDefaults(algorithm, dataset);

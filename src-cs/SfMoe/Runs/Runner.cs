@@ -43,15 +43,15 @@ public static class Trainer
         if (o.Resume)
         {
             if (!File.Exists(statePath))
-                throw new SfMoeException($"--resume: {statePath} not found (nothing to resume; run without --resume)");
+                throw new RunException($"--resume: {statePath} not found (nothing to resume; run without --resume)");
         }
         else if (File.Exists(resultsPath) || File.Exists(statePath))
-            throw new SfMoeException($"{outDir} already holds a run; pass --resume to continue it or choose another --output-dir");
+            throw new RunException($"{outDir} already holds a run; pass --resume to continue it or choose another --output-dir");
         Directory.CreateDirectory(outDir);
         if (File.Exists(donePath) && o.Resume)
-            throw new SfMoeException($"{outDir}: the run is already done");
+            throw new RunException($"{outDir}: the run is already done");
 
-        if (o.Threads is int th) { if (th < 1) throw new SfMoeException($"threads must be >= 1, got {th}"); torch.set_num_threads(th); }
+        if (o.Threads is int th) { if (th < 1) throw new RunException($"threads must be >= 1, got {th}"); torch.set_num_threads(th); }
         using var log = new RunLog(Path.Combine(outDir, "log.txt"), o.Quiet);
         var device = Device(o.Device);
         var dataset = o.DatasetInstance ?? DatasetCatalog.Open(o, log);
@@ -60,42 +60,44 @@ public static class Trainer
         ValidateTestEnvs(o.TestEnvs, envNames.Count, spec.Name);
 
         var algorithm = Train.AlgorithmKindModule.tryParse(o.Algorithm);
-        if (algorithm is null) throw new SfMoeException($"unknown algorithm {o.Algorithm}: expected ERM, SFMoE or GMoE");
+        if (algorithm is null) throw new RunException($"unknown algorithm {o.Algorithm}: expected ERM, SFMoE or GMoE");
         var algName = Train.AlgorithmKindModule.name(algorithm.Value);
         var hparams = Hparams.For(algName, spec.Name, o.HparamsSeed, HparamRandom.Instance);
         if (o.BatchSize is int b) hparams["batch_size"] = b;
         if (o.Lr is double lr) hparams["lr"] = lr;
         if (o.WeightDecay is double wd) hparams["weight_decay"] = wd;
         int batch = Convert.ToInt32(hparams["batch_size"]);
-        if (batch < 1) throw new SfMoeException($"batch size must be >= 1, got {batch}");
+        if (batch < 1) throw new RunException($"batch size must be >= 1, got {batch}");
         int steps = o.Steps ?? spec.Steps;
         int freq = o.CheckpointFreq ?? spec.CheckpointFreq;
-        if (steps < 1) throw new SfMoeException($"steps must be >= 1, got {steps}");
-        if (freq < 1) throw new SfMoeException($"checkpoint frequency must be >= 1, got {freq}");
+        if (steps < 1) throw new RunException($"steps must be >= 1, got {steps}");
+        if (freq < 1) throw new RunException($"checkpoint frequency must be >= 1, got {freq}");
 
         // The network: the dataset sets the class count and input channels.
-        var (backbone, vitJson, imgSize) = ResolveModel(o, algorithm.Value, spec, log);
-        var net = Networks.Create(backbone, vitJson, spec.Classes.Count, spec.Channels, imgSize, o.Device, o.Seed,
-                                  Convert.ToDouble(hparams["resnet_dropout"]));
+        var arch = ResolveModel(o, algorithm.Value, spec, log);
+        var backbone = Config.ArchitectureModule.backbone(arch);
+        var vitJson = ModelSpec.vitJson(arch)?.Value;
+        var imgSize = Config.ArchitectureModule.imgSize(arch);
+        var net = Networks.build(arch, Tensors.DdModule.ofString(o.Device), o.Seed, Convert.ToDouble(hparams["resnet_dropout"]));
         float[]? mean = null, std = null;
         if (o.Pretrained is not null)
         {
             if (o.Resume) log.Info("--pretrained is ignored on --resume (the checkpoint holds the weights)");
             else
             {
-                if (o.PretrainedFormat is null) throw new SfMoeException("--pretrained needs --pretrained-format (" + string.Join(", ", Pretrained.Formats) + ")");
+                if (o.PretrainedFormat is null) throw new RunException("--pretrained needs --pretrained-format (" + string.Join(", ", Pretrained.Formats) + ")");
                 var report = Pretrained.LoadInto(net, o.Pretrained, o.PretrainedFormat, o.Experts);
                 foreach (var line in report.Lines()) log.Info(line);
                 (mean, std) = (report.Mean, report.Std);
             }
         }
-        else if (o.Experts is not null) throw new SfMoeException("--experts applies with --pretrained");
+        else if (o.Experts is not null) throw new RunException("--experts applies with --pretrained");
         var pre = o.Preprocessor ?? Preprocessors.For(spec, imgSize, mean, std);
         var optKind = o.Optimizer.ToLowerInvariant() switch
         {
             "adam" => Optim.Kind.AdamL2,
             "adamw" => Optim.Kind.AdamW,
-            _ => throw new SfMoeException($"unknown optimizer {o.Optimizer}: expected adam or adamw"),
+            _ => throw new RunException($"unknown optimizer {o.Optimizer}: expected adam or adamw"),
         };
         var dd = Tensors.DdModule.parse(o.Device).ResultValue;
         using var learner = new Train.Learner(net, algorithm.Value, optKind, Convert.ToDouble(hparams["lr"]),
@@ -120,7 +122,7 @@ public static class Trainer
         }
         int workers = o.Workers ?? ThreadPlan.Workers(Environment.ProcessorCount);
         if (o.Threads is null)
-            torch.set_num_threads(ThreadPlan.Threads(MacsPerImage(backbone, vitJson), Environment.ProcessorCount, workers));
+            torch.set_num_threads(ThreadPlan.Threads(Summary.macsPerImage(arch), Environment.ProcessorCount, workers));
 
         var args = ArgsJson(o, outDir, algName, spec.Name, steps, freq);
         var hparamsJson = JsonSerializer.SerializeToNode(hparams)!;
@@ -138,12 +140,12 @@ public static class Trainer
                               .Select(kv => $"{kv.Key} was {Settings(saved)[kv.Key]?.ToJsonString() ?? "null"}, now {kv.Value?.ToJsonString() ?? "null"}")
                               .ToList();
             if (changed.Count > 0)
-                throw new SfMoeException($"cannot resume {outDir} with other settings: {string.Join("; ", changed)}");
+                throw new RunException($"cannot resume {outDir} with other settings: {string.Join("; ", changed)}");
             log.Info($"resuming {outDir} at step {start}");
         }
         WriteLines(resultsPath, lines);
         log.Info($"dataset {spec.Name}: {string.Join(", ", envNames.Select((n, i) => $"env{i}={n} ({inSplits[i].In.Length}+{inSplits[i].Out.Length})"))}; test envs {string.Join(",", o.TestEnvs)}");
-        log.Info($"algorithm {algName}, model {backbone}{(vitJson is null ? "" : " " + Core.Pattern.print(Networks.ParseConfig(vitJson).Pattern))}, "
+        log.Info($"algorithm {algName}, model {backbone}{(arch is Config.Architecture.VitArch v ? " " + Core.Pattern.print(v.Item.Pattern) : "")}, "
                  + $"{Layers.countParams(net.Module):N0} parameters, batch {batch} x {trainEnvs.Count} envs, {steps} steps, eval every {freq}, "
                  + $"{torch.get_num_threads()} threads + {workers} data workers");
 
@@ -167,7 +169,7 @@ public static class Trainer
                 using (var sb = stream.Next())
                     m = learner.Update(ListModule.OfArray(sb.Xs), ListModule.OfArray(sb.Ys));
                 double dt = Stopwatch.GetElapsedTime(t0).TotalSeconds;
-                if (!double.IsFinite(m.Loss)) throw new SfMoeException($"the loss became {m.Loss} at step {step}; lower the learning rate");
+                if (!double.IsFinite(m.Loss)) throw new RunException($"the loss became {m.Loss} at step {step}; lower the learning rate");
                 sums["loss"] += m.Loss; sums["aux_loss"] += m.Aux; sums["step_time"] += dt; count++;
                 ranThisCall++;
                 EvalResult? ev = null;
@@ -210,32 +212,25 @@ public static class Trainer
         return flat;
     }
 
-    /// <summary>Forward multiply-accumulates per image of a network (rough for the CNNs).</summary>
-    internal static long MacsPerImage(string backbone, string? vitJson) => backbone switch
-    {
-        "vit" => Summary.table(Networks.ParseConfig(vitJson!)).Sum(t => t.Item5),
-        "resnet50" => 4_100_000_000L,
-        _ => 100_000_000L,
-    };
-
     internal static Device Device(string device)
     {
         var dd = Tensors.DdModule.parse(device);
-        if (dd.IsError) throw new SfMoeException(dd.ErrorValue);
+        if (dd.IsError) throw new RunException(dd.ErrorValue);
         return dd.ResultValue.Device;
     }
 
     static void ValidateTestEnvs(IReadOnlyList<int> testEnvs, int n, string dataset)
     {
-        if (testEnvs.Count == 0) throw new SfMoeException("give at least one --test-env");
+        if (testEnvs.Count == 0) throw new RunException("give at least one --test-env");
         foreach (var t in testEnvs)
-            if (t < 0 || t >= n) throw new SfMoeException($"test env {t} is out of range: {dataset} has environments 0..{n - 1}");
-        if (testEnvs.Distinct().Count() != testEnvs.Count) throw new SfMoeException("test envs must be distinct");
-        if (testEnvs.Count >= n) throw new SfMoeException($"every environment of {dataset} is a test env: none is left to train on");
+            if (t < 0 || t >= n) throw new RunException($"test env {t} is out of range: {dataset} has environments 0..{n - 1}");
+        if (testEnvs.Distinct().Count() != testEnvs.Count) throw new RunException("test envs must be distinct");
+        if (testEnvs.Count >= n) throw new RunException($"every environment of {dataset} is a test env: none is left to train on");
     }
 
-    /// <summary>The backbone, ViT config JSON (with the dataset's classes and channels) and input size of a run.</summary>
-    static (string Backbone, string? VitJson, int ImageSize) ResolveModel(TrainOptions o, Train.AlgorithmKind alg, DatasetSpec spec, RunLog log)
+    /// <summary>The model of a run: the options' model (or the algorithm's and dataset's default) with the dataset's
+    /// classes and channels.</summary>
+    static Config.Architecture ResolveModel(TrainOptions o, Train.AlgorithmKind alg, DatasetSpec spec, RunLog log)
     {
         string? name = o.Model;
         if (name is null && o.ModelConfigJson is null)
@@ -248,44 +243,25 @@ public static class Trainer
                 _ when alg.IsGMoeAlg => "gmoe_small_patch16_224",
                 _ => "sfmoe_small_patch16_224",
             };
-        if (name is not null && Networks.CnnBackbones.Contains(name))
+        var source = o.ModelConfigJson is not null ? ModelSpec.Source.NewJson(o.ModelConfigJson) : ModelSpec.Source.NewNamed(name!);
+        var declared = ModelSpec.resolve(ModelSpec.Create(source, o.Pattern, null, null, null));
+        var data = new ModelSpec.DataShape(spec.Classes.Count, spec.Channels, spec.Height);
+        var arch = ModelSpec.resolve(ModelSpec.Create(source, o.Pattern, null, null, FSharpOption<ModelSpec.DataShape>.Some(data)));
+        if (arch is not Config.Architecture.VitArch vit)
         {
-            if (!alg.IsErm) throw new SfMoeException($"{Train.AlgorithmKindModule.name(alg)} needs a ViT model with sparse blocks, not {name}");
-            if (o.Pattern is not null) throw new SfMoeException($"--pattern applies to ViT models, not {name}");
-            return (name, null, name == "mnist_cnn" ? spec.Height : 224);
+            if (!alg.IsErm) throw new ConfigException($"{Train.AlgorithmKindModule.name(alg)} needs a ViT model with sparse blocks, not {Config.ArchitectureModule.backbone(arch)}");
+            return arch;
         }
-        Config.VitConfig cfg;
-        if (o.ModelConfigJson is not null) cfg = Networks.ParseConfig(o.ModelConfigJson);
-        else
-        {
-            var r = Registry.tryCreate(name!);
-            if (r.IsError) throw new SfMoeException(r.ErrorValue);
-            cfg = r.ResultValue;
-        }
-        if (o.Pattern is not null)
-        {
-            var p = Core.Pattern.resolve(o.Pattern);
-            if (p.IsError) throw new SfMoeException(p.ErrorValue.ToString());
-            cfg = SfMoeModel.With(cfg, pattern: p.ResultValue);
-        }
-        if (cfg.NumClasses != spec.Classes.Count)
-        {
-            log.Info($"model num_classes {cfg.NumClasses} replaced by the dataset's {spec.Classes.Count}");
-            cfg = SfMoeModel.With(cfg, numClasses: spec.Classes.Count);
-        }
-        if (cfg.InChans != spec.Channels)
-        {
-            log.Info($"model in_chans {cfg.InChans} replaced by the dataset's {spec.Channels}");
-            cfg = new Config.VitConfig(cfg.ImgSize, cfg.PatchSize, spec.Channels, cfg.EmbedDim, cfg.Depth, cfg.NumHeads, cfg.MlpRatio,
-                cfg.NumClasses, cfg.Distilled, cfg.QkvBias, cfg.DropRate, cfg.AttnDropRate, cfg.DropPathRate, cfg.NormEps, cfg.Pattern, cfg.Moe, cfg.Hybrid);
-        }
-        var v = Config.VitConfigModule.validate(cfg);
-        if (v.IsError) throw new SfMoeException(v.ErrorValue);
+        var cfg = vit.Item;
+        if (Config.ArchitectureModule.numClasses(declared) != cfg.NumClasses)
+            log.Info($"model num_classes {Config.ArchitectureModule.numClasses(declared)} replaced by the dataset's {cfg.NumClasses}");
+        if (Config.ArchitectureModule.inChans(declared) != cfg.InChans)
+            log.Info($"model in_chans {Config.ArchitectureModule.inChans(declared)} replaced by the dataset's {cfg.InChans}");
         bool sparse = Core.Pattern.expand(cfg.Pattern).Any(k => k.IsSparse);
         if (!alg.IsErm && !sparse) log.Warn($"{Train.AlgorithmKindModule.name(alg)} with a model without sparse blocks is ERM");
         if (spec.Height != cfg.ImgSize || spec.Width != cfg.ImgSize)
             log.Info($"images ({spec.Height}x{spec.Width}) are resized to the model's input size {cfg.ImgSize}x{cfg.ImgSize}");
-        return ("vit", ConfigJson.toJson(false, cfg), cfg.ImgSize);
+        return arch;
     }
 
     static JsonObject ArgsJson(TrainOptions o, string outDir, string alg, string dataset, int steps, int freq) => new()
@@ -383,18 +359,18 @@ internal static class TrainState
     {
         SafeTensors.Contents c;
         try { c = SafeTensors.read(path); }
-        catch (SafeTensors.SafeTensorsException e) { throw new SfMoeException($"cannot resume: {e.Data0}", e); }
+        catch (CheckpointException e) { throw new RunException($"cannot resume: {e.Message}", e); }
         using var _ = c;
         var meta = c.Metadata;
         if (!meta.TryGetValue("format", out var fmt) || fmt != "sfmoe-train-state-1")
-            throw new SfMoeException($"cannot resume: {path} is not an SfMoe training state");
+            throw new RunException($"cannot resume: {path} is not an SfMoe training state");
         var model = c.Tensors.Where(t => t.Item1.StartsWith("model.")).Select(t => Tuple.Create(t.Item1["model.".Length..], t.Item2));
         try { Weights.load(true, learner.Network.Module, ListModule.OfSeq(model)); }
-        catch (Weights.WeightsException e) { throw new SfMoeException($"cannot resume from {path}: the model differs ({e.Data0})", e); }
+        catch (CheckpointException e) { throw new RunException($"cannot resume from {path}: the model differs ({e.Message})", e); }
         var opt = c.Tensors.Where(t => t.Item1.StartsWith("optimizer.")).Select(t => Tuple.Create(t.Item1["optimizer.".Length..], t.Item2));
         try { learner.Optimizer.LoadState(ListModule.OfSeq(opt), long.Parse(meta["optimizer_step"])); }
-        catch (ArgumentException e) { throw new SfMoeException($"cannot resume from {path}: {e.Message.Split(" (Parameter")[0]}", e); }
-        var rng = c.Find("rng") ?? throw new SfMoeException($"cannot resume: {path} lacks the generator state");
+        catch (CheckpointException e) { throw new RunException($"cannot resume from {path}: {e.Message}", e); }
+        var rng = c.Find("rng") ?? throw new RunException($"cannot resume: {path} lacks the generator state");
         learner.Generator.set_state(rng.Value);
         var lines = JsonSerializer.Deserialize<List<string>>(meta["results"]) ?? new List<string>();
         var args = JsonNode.Parse(meta["args"]) as JsonObject ?? new JsonObject();

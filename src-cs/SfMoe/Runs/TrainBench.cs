@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Microsoft.FSharp.Collections;
+using Microsoft.FSharp.Core;
 using SfMoe.Checkpoints;
 using SfMoe.Core;
 using SfMoe.Data;
@@ -23,20 +24,13 @@ public static class TrainBench
     {
         Native.ensure();
         var spec = dataset.Spec;
-        var alg = Train.AlgorithmKindModule.tryParse(algorithm)?.Value ?? throw new SfMoeException($"unknown algorithm {algorithm}");
-        string backbone; string? json = null; int size;
-        if (Networks.CnnBackbones.Contains(model)) { backbone = model; size = model == "mnist_cnn" ? spec.Height : 224; }
-        else
-        {
-            var r = Registry.tryCreate(model);
-            if (r.IsError) throw new SfMoeException(r.ErrorValue);
-            var cfg = SfMoeModel.With(r.ResultValue, numClasses: spec.Classes.Count);
-            backbone = "vit"; json = ConfigJson.toJson(false, cfg); size = cfg.ImgSize;
-        }
-        var pre = Preprocessors.For(spec, size);
+        var alg = Train.AlgorithmKindModule.tryParse(algorithm)?.Value ?? throw new RunException($"unknown algorithm {algorithm}");
+        var data = new ModelSpec.DataShape(spec.Classes.Count, spec.Channels, spec.Height);
+        var arch = ModelSpec.resolve(ModelSpec.Create(ModelSpec.Source.NewNamed(model), null, null, null, FSharpOption<ModelSpec.DataShape>.Some(data)));
+        var pre = Preprocessors.For(spec, Config.ArchitectureModule.imgSize(arch));
         int cores = Environment.ProcessorCount;
-        set_num_threads(threads ?? ThreadPlan.Threads(Trainer.MacsPerImage(backbone, json), cores, workers ?? ThreadPlan.Workers(cores)));
-        var net = Networks.Create(backbone, json, spec.Classes.Count, spec.Channels, size, "cpu", 0, 0.0);
+        set_num_threads(threads ?? ThreadPlan.Threads(Summary.macsPerImage(arch), cores, workers ?? ThreadPlan.Workers(cores)));
+        var net = Networks.build(arch, Tensors.DdModule.cpu, 0, 0.0);
         using var learner = new Train.Learner(net, alg, Optim.Kind.AdamL2, 1e-5, 0.0, 0, Tensors.DdModule.cpu);
         using var log = new RunLog(null, quiet: true);
         var envs = dataset.Environments.Skip(1).Select(e => (e, Enumerable.Range(0, e.Count).ToArray())).ToList();

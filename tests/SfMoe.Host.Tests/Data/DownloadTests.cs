@@ -134,7 +134,7 @@ public class DownloadTests : IDisposable
         _server.Add("PACS/PACS.zip", zip);
         string wrong = new('0', 64);
         var recipe = WithChecksums(DownloadCatalog.Get("PACS"), _ => wrong);
-        var e = await Assert.ThrowsAsync<SfMoeException>(() => Downloader.FetchAsync(recipe, DataDir, _progress, Options(), _bound.Token));
+        var e = await Assert.ThrowsAnyAsync<SfMoeException>(() => Downloader.FetchAsync(recipe, DataDir, _progress, Options(), _bound.Token));
         Assert.Contains("checksum mismatch for PACS.zip", e.Message);
         Assert.Contains($"expected sha256 {wrong}", e.Message);
         Assert.Contains($"got {Sha256(zip)}", e.Message);
@@ -144,7 +144,7 @@ public class DownloadTests : IDisposable
 
         // MD5-only files (DomainNet) are checked as well
         var md5Recipe = recipe with { Files = [recipe.Files[0] with { Sha256 = null, Md5 = new string('a', 32) }] };
-        e = await Assert.ThrowsAsync<SfMoeException>(() => Downloader.FetchAsync(md5Recipe, DataDir, _progress, Options(), _bound.Token));
+        e = await Assert.ThrowsAnyAsync<SfMoeException>(() => Downloader.FetchAsync(md5Recipe, DataDir, _progress, Options(), _bound.Token));
         Assert.Contains("expected md5 aaaa", e.Message);
     }
 
@@ -280,7 +280,7 @@ public class DownloadTests : IDisposable
     public async Task AWebPageInsteadOfTheArchiveIsAnErrorWithAHint()
     {
         _server.Add("PACS/PACS.zip", Encoding.UTF8.GetBytes("<html>quota exceeded</html>"), "text/html; charset=utf-8");
-        var e = await Assert.ThrowsAsync<SfMoeException>(() => Downloader.FetchAsync("PACS", DataDir, _progress, Options(), _bound.Token));
+        var e = await Assert.ThrowsAnyAsync<SfMoeException>(() => Downloader.FetchAsync("PACS", DataDir, _progress, Options(), _bound.Token));
         Assert.Contains("web page instead of PACS.zip", e.Message);
         Assert.Contains("1JFr8f805nMUelQWWmfnJR3y4_SYoN5Pd", e.Message);
         Assert.Single(_server.Requests);   // not retried
@@ -289,7 +289,7 @@ public class DownloadTests : IDisposable
     [Fact(Timeout = 60_000)]
     public async Task NotFoundNamesTheUrlAndLeavesNothing()
     {
-        var e = await Assert.ThrowsAsync<SfMoeException>(() => Downloader.FetchAsync("SVIRO", DataDir, _progress, Options(), _bound.Token));
+        var e = await Assert.ThrowsAnyAsync<SfMoeException>(() => Downloader.FetchAsync("SVIRO", DataDir, _progress, Options(), _bound.Token));
         Assert.Contains($"{_server.BaseUrl}/sviro/sviro_grayscale_rectangle_classification.zip answered HTTP 404", e.Message);
         Assert.False(Directory.Exists(Path.Combine(DataDir, "sviro")));
     }
@@ -313,7 +313,7 @@ public class DownloadTests : IDisposable
     {
         string evil = _tmp.Sub("evil.zip");
         File.WriteAllBytes(evil, Zip([("ok/a.txt", [1]), ("../../escaped.txt", [2])]));
-        var e = Assert.Throws<SfMoeException>(() => Downloader.Extract(evil, _tmp.Sub("out")));
+        var e = Assert.ThrowsAny<SfMoeException>(() => Downloader.Extract(evil, _tmp.Sub("out")));
         Assert.Contains("outside", e.Message);
         Assert.False(File.Exists(Path.Combine(_tmp.Path, "..", "escaped.txt")));
     }
@@ -326,8 +326,8 @@ public class DownloadTests : IDisposable
         foreach (var name in new[] { "PACS", "VLCS", "OfficeHome", "TerraIncognita", "SVIRO" })
             Assert.All(DownloadCatalog.Get(name).Files, f => Assert.Null(f.Sha256));
         Assert.All(DownloadCatalog.Get("DomainNet").Files, f => Assert.Matches("^[0-9a-f]{32}$", f.Md5));
-        Assert.Contains("no public download", Assert.Throws<SfMoeException>(() => DownloadCatalog.Get("CUB")).Message);
-        Assert.Contains("unknown dataset Foo", Assert.Throws<SfMoeException>(() => DownloadCatalog.Get("Foo")).Message);
+        Assert.Contains("no public download", Assert.ThrowsAny<SfMoeException>(() => DownloadCatalog.Get("CUB")).Message);
+        Assert.Contains("unknown dataset Foo", Assert.ThrowsAny<SfMoeException>(() => DownloadCatalog.Get("Foo")).Message);
         Assert.Equal("https://drive.usercontent.google.com/download?id=X1&export=download&confirm=t",
             Downloader.ResolveUrl("https://drive.google.com/uc?id=X1"));
     }

@@ -87,7 +87,7 @@ public class ImageFolderTests
             Environment.SetEnvironmentVariable(Datasets.DataDirVariable, tmp.Path);
             Assert.Equal(4, Datasets.Open("PACS", dataDir: null, SkiaDecode).Environments.Count);
             Environment.SetEnvironmentVariable(Datasets.DataDirVariable, null);
-            var e = Assert.Throws<SfMoeException>(() => Datasets.Open("PACS", dataDir: null, SkiaDecode));
+            var e = Assert.ThrowsAny<SfMoeException>(() => Datasets.Open("PACS", dataDir: null, SkiaDecode));
             Assert.Contains("no data directory given", e.Message);
             Assert.Contains("SFMOE_DATA_DIR", e.Message);
         }
@@ -98,15 +98,15 @@ public class ImageFolderTests
     public void MissingDataDirAndDatasetFolderAreNamedWithAHint()
     {
         using var tmp = new TempDir();
-        var e = Assert.Throws<SfMoeException>(() => Datasets.Open("PACS", tmp.Sub("nope"), SkiaDecode));
+        var e = Assert.ThrowsAny<SfMoeException>(() => Datasets.Open("PACS", tmp.Sub("nope"), SkiaDecode));
         Assert.Contains(tmp.Sub("nope"), e.Message);
         Assert.Contains("does not exist", e.Message);
 
-        e = Assert.Throws<SfMoeException>(() => Datasets.Open("OfficeHome", tmp.Path, SkiaDecode));
+        e = Assert.ThrowsAny<SfMoeException>(() => Datasets.Open("OfficeHome", tmp.Path, SkiaDecode));
         Assert.Contains(tmp.Sub("office_home"), e.Message);
         Assert.Contains("sfmoe download OfficeHome", e.Message);
 
-        e = Assert.Throws<SfMoeException>(() => Datasets.Open("NoSuchSet", tmp.Path, SkiaDecode));
+        e = Assert.ThrowsAny<SfMoeException>(() => Datasets.Open("NoSuchSet", tmp.Path, SkiaDecode));
         Assert.Contains("unknown dataset NoSuchSet", e.Message);
         Assert.Contains("PACS, VLCS, OfficeHome, TerraIncognita, DomainNet, SVIRO, CUB-DG, RotatedMNIST, ColoredMNIST, Synthetic", e.Message);
     }
@@ -117,7 +117,7 @@ public class ImageFolderTests
         using var tmp = new TempDir();
         string root = MakePacs(tmp, 1);
         Directory.Delete(Path.Combine(root, "photo", "giraffe"), recursive: true);
-        var e = Assert.Throws<SfMoeException>(() => Datasets.Open("PACS", tmp.Path, SkiaDecode));
+        var e = Assert.ThrowsAny<SfMoeException>(() => Datasets.Open("PACS", tmp.Path, SkiaDecode));
         Assert.Contains("class folder 'giraffe' is missing in environment 'photo'", e.Message);
         Assert.Contains(Path.Combine(root, "photo", "giraffe"), e.Message);
 
@@ -125,7 +125,7 @@ public class ImageFolderTests
         Directory.CreateDirectory(Path.Combine(root, "photo", "giraffe"));
         Img(Path.Combine(root, "photo", "giraffe", "g.png"));
         Img(Path.Combine(root, "sketch", "zebra", "z.png"));
-        e = Assert.Throws<SfMoeException>(() => Datasets.Open("PACS", tmp.Path, SkiaDecode));
+        e = Assert.ThrowsAny<SfMoeException>(() => Datasets.Open("PACS", tmp.Path, SkiaDecode));
         Assert.Contains("class folder 'zebra' is missing in environment 'art_painting'", e.Message);
     }
 
@@ -135,19 +135,19 @@ public class ImageFolderTests
         using var tmp = new TempDir();
         string root = MakePacs(tmp, 1);
         Directory.CreateDirectory(Path.Combine(root, "zz_empty"));
-        var e = Assert.Throws<SfMoeException>(() => Datasets.Open("PACS", tmp.Path, SkiaDecode));
+        var e = Assert.ThrowsAny<SfMoeException>(() => Datasets.Open("PACS", tmp.Path, SkiaDecode));
         Assert.Contains($"environment folder {Path.Combine(root, "zz_empty")} is empty", e.Message);
         Directory.Delete(Path.Combine(root, "zz_empty"));
 
         foreach (var f in Directory.GetFiles(Path.Combine(root, "cartoon", "horse"))) File.Delete(f);
         File.WriteAllText(Path.Combine(root, "cartoon", "horse", "readme.txt"), "x");
-        e = Assert.Throws<SfMoeException>(() => Datasets.Open("PACS", tmp.Path, SkiaDecode));
+        e = Assert.ThrowsAny<SfMoeException>(() => Datasets.Open("PACS", tmp.Path, SkiaDecode));
         Assert.Contains($"no image files", e.Message);
         Assert.Contains(Path.Combine(root, "cartoon", "horse"), e.Message);
 
         using var tmp2 = new TempDir();
         Directory.CreateDirectory(tmp2.Sub("VLCS"));
-        e = Assert.Throws<SfMoeException>(() => Datasets.Open("VLCS", tmp2.Path, SkiaDecode));
+        e = Assert.ThrowsAny<SfMoeException>(() => Datasets.Open("VLCS", tmp2.Path, SkiaDecode));
         Assert.Contains("has no environment folders", e.Message);
     }
 
@@ -190,7 +190,7 @@ public class ImageFolderTests
             Assert.Equal(s.Environments.Count, Datasets.ShortEnvironmentNames[s.Name].Count);
             Assert.True(s.Steps > 0 && s.CheckpointFreq > 0);
         }
-        var e = Assert.Throws<SfMoeException>(() => Datasets.GetSpec("PAC"));
+        var e = Assert.ThrowsAny<SfMoeException>(() => Datasets.GetSpec("PAC"));
         Assert.Contains("known datasets: PACS", e.Message);
     }
 }

@@ -179,8 +179,8 @@ public class SyntheticTests(ITestOutputHelper output)
     [Fact]
     public void BadOptionsAreRejected()
     {
-        Assert.Throws<SfMoeException>(() => new SyntheticDataset(new SyntheticOptions { Size = 8 }));
-        Assert.Throws<SfMoeException>(() => new SyntheticDataset(new SyntheticOptions { ImagesPerEnvironment = 0 }));
+        Assert.ThrowsAny<SfMoeException>(() => new SyntheticDataset(new SyntheticOptions { Size = 8 }));
+        Assert.ThrowsAny<SfMoeException>(() => new SyntheticDataset(new SyntheticOptions { ImagesPerEnvironment = 0 }));
         Assert.Throws<ArgumentOutOfRangeException>(() => Small.Environments[0].Load(70));
     }
 }

@@ -71,12 +71,12 @@ public class SweepTests : IDisposable
     [Fact]
     public void InvalidDefinitionsAreClearErrors()
     {
-        Assert.Contains("out of range", Assert.Throws<SfMoeException>(() => (Def() with { TestEnvs = [4] }).Expand(FourEnvs)).Message);
-        Assert.Contains("unknown algorithm Foo", Assert.Throws<SfMoeException>(() => (Def() with { Algorithms = ["Foo"] }).Expand(FourEnvs)).Message);
-        Assert.Contains("pairs of test envs need at least 3", Assert.Throws<SfMoeException>(() => (Def() with { SingleTestEnvs = false, TestEnvs = null }).Expand(_ => 2)).Message);
-        Assert.Contains("are empty", Assert.Throws<SfMoeException>(() => (Def() with { HparamsFrom = 3, HparamsTo = 3 }).Expand(FourEnvs)).Message);
-        Assert.Contains("trials", Assert.Throws<SfMoeException>(() => (Def() with { Trials = 0 }).Expand(FourEnvs)).Message);
-        Assert.Contains("unknown dataset NoSuchSet", Assert.Throws<SfMoeException>(() => SweepDefinition.EnvironmentCount("NoSuchSet", _dir)).Message);
+        Assert.Contains("out of range", Assert.ThrowsAny<SfMoeException>(() => (Def() with { TestEnvs = [4] }).Expand(FourEnvs)).Message);
+        Assert.Contains("unknown algorithm Foo", Assert.ThrowsAny<SfMoeException>(() => (Def() with { Algorithms = ["Foo"] }).Expand(FourEnvs)).Message);
+        Assert.Contains("pairs of test envs need at least 3", Assert.ThrowsAny<SfMoeException>(() => (Def() with { SingleTestEnvs = false, TestEnvs = null }).Expand(_ => 2)).Message);
+        Assert.Contains("are empty", Assert.ThrowsAny<SfMoeException>(() => (Def() with { HparamsFrom = 3, HparamsTo = 3 }).Expand(FourEnvs)).Message);
+        Assert.Contains("trials", Assert.ThrowsAny<SfMoeException>(() => (Def() with { Trials = 0 }).Expand(FourEnvs)).Message);
+        Assert.Contains("unknown dataset NoSuchSet", Assert.ThrowsAny<SfMoeException>(() => SweepDefinition.EnvironmentCount("NoSuchSet", _dir)).Message);
         Assert.Equal(4, SweepDefinition.EnvironmentCount("Synthetic", null));
         Assert.Equal(4, SweepDefinition.EnvironmentCount("office_home", null));
         foreach (var e in new[] { "a", "b", "c", ".hidden" }) Directory.CreateDirectory(Path.Combine(_dir, "Mine", e));
@@ -137,9 +137,9 @@ public class SweepTests : IDisposable
         Assert.Equal(new object[] { 50L, "0.001", true, "[S,F]x2", -1L }, p.Select(kv => kv.Value));
         Assert.Equal(new[] { "steps", "lr", "no_timings", "pattern", "batch_size" }, p.Select(kv => kv.Key));
         foreach (var reserved in new[] { "--seed", "--test-env", "--output-dir", "--threads", "--dataset", "--resume" })
-            Assert.Contains("set by the sweep", Assert.Throws<SfMoeException>(() => SweepDefinition.ParseTrainArgs([reserved, "1"])).Message);
-        Assert.Contains("given twice", Assert.Throws<SfMoeException>(() => SweepDefinition.ParseTrainArgs(["--steps", "1", "--steps", "2"])).Message);
-        Assert.Contains("train option expected, got 'oops'", Assert.Throws<SfMoeException>(() => SweepDefinition.ParseTrainArgs(["--steps", "1", "oops"])).Message);
+            Assert.Contains("set by the sweep", Assert.ThrowsAny<SfMoeException>(() => SweepDefinition.ParseTrainArgs([reserved, "1"])).Message);
+        Assert.Contains("given twice", Assert.ThrowsAny<SfMoeException>(() => SweepDefinition.ParseTrainArgs(["--steps", "1", "--steps", "2"])).Message);
+        Assert.Contains("train option expected, got 'oops'", Assert.ThrowsAny<SfMoeException>(() => SweepDefinition.ParseTrainArgs(["--steps", "1", "oops"])).Message);
     }
 
     // ---- manifest and states
@@ -166,7 +166,7 @@ public class SweepTests : IDisposable
         // A manifest whose jobs do not match its definition is refused.
         json["jobs"]![0]!["id"] = "0123456789abcdef0123456789abcdef";
         File.WriteAllText(Path.Combine(_dir, "sweep.json"), json.ToJsonString());
-        Assert.Contains("its jobs differ", Assert.Throws<SfMoeException>(() => SweepManifest.Load(_dir)).Message);
+        Assert.Contains("its jobs differ", Assert.ThrowsAny<SfMoeException>(() => SweepManifest.Load(_dir)).Message);
     }
 
     [Fact]
@@ -311,8 +311,8 @@ public class SweepTests : IDisposable
         using (Sweep.LockForLocalLaunch(_dir))
         {
             Assert.True(Sweep.IsLocalLaunchRunning(_dir));
-            Assert.Contains("another launch", Assert.Throws<SfMoeException>(() => Sweep.LockForLocalLaunch(_dir)).Message);
-            Assert.Contains("local launch of this sweep is running", Assert.Throws<SfMoeException>(() => Sweep.JobsToLaunch(Sweep.Status(m))).Message);
+            Assert.Contains("another launch", Assert.ThrowsAny<SfMoeException>(() => Sweep.LockForLocalLaunch(_dir)).Message);
+            Assert.Contains("local launch of this sweep is running", Assert.ThrowsAny<SfMoeException>(() => Sweep.JobsToLaunch(Sweep.Status(m))).Message);
         }
         Assert.False(Sweep.IsLocalLaunchRunning(_dir));
     }
@@ -354,7 +354,7 @@ public class SweepTests : IDisposable
         var parts = SlurmLauncher.Scripts(many, many.Jobs, ["sfmoe"], [], new SlurmOptions { MaxArraySize = 5 });
         Assert.Equal(new[] { 5, 5, 2 }, parts.Select(p => p.Jobs.Count));
         Assert.Contains("#SBATCH --array=0-1\n", parts[2].Script);
-        Assert.Contains("white space", Assert.Throws<SfMoeException>(() => SlurmScript.Generate(m, m.Jobs, ["x"], [], o with { Partition = "a b" })).Message);
+        Assert.Contains("white space", Assert.ThrowsAny<SfMoeException>(() => SlurmScript.Generate(m, m.Jobs, ["x"], [], o with { Partition = "a b" })).Message);
     }
 
     [Fact]
@@ -475,6 +475,6 @@ public class SweepTests : IDisposable
         var broken = new SlurmClient { Squeue = "/nonexistent/squeue", Sacct = "/nonexistent/sacct" };
         var unknown = Sweep.Status(back, broken);
         Assert.NotNull(unknown.QueueError);
-        Assert.Contains("cannot tell which Slurm tasks", Assert.Throws<SfMoeException>(() => Sweep.JobsToLaunch(unknown)).Message);
+        Assert.Contains("cannot tell which Slurm tasks", Assert.ThrowsAny<SfMoeException>(() => Sweep.JobsToLaunch(unknown)).Message);
     }
 }

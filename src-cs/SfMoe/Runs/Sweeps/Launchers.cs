@@ -81,7 +81,7 @@ public sealed class LocalLauncher
     /// </summary>
     public LocalLaunchResult Run(SweepManifest sweep, IReadOnlyList<SweepJob> jobs, IReadOnlyList<string> sfmoe, CancellationToken ct = default)
     {
-        if (Parallel < 1) throw new SfMoeException($"--jobs must be >= 1, got {Parallel}");
+        if (Parallel < 1) throw new RunException($"--jobs must be >= 1, got {Parallel}");
         using var _ = Sweep.LockForLocalLaunch(sweep.Directory);
         sweep.AddLaunch(new SweepLaunch(Parallel == 1 ? "local" : "parallel", DateTimeOffset.UtcNow, jobs.Select(j => j.Id).ToArray(), sfmoe));
         sweep.Save();
@@ -130,7 +130,7 @@ public sealed class LocalLauncher
         foreach (var a in cmd) psi.ArgumentList.Add(a);
         try
         {
-            using var p = Process.Start(psi) ?? throw new SfMoeException("/bin/sh did not start");
+            using var p = Process.Start(psi) ?? throw new RunException("/bin/sh did not start");
             p.StandardInput.Close();
             p.WaitForExit();
             code = p.ExitCode;
@@ -157,7 +157,7 @@ public static class SlurmLauncher
     public static IReadOnlyList<(IReadOnlyList<SweepJob> Jobs, string Script)> Scripts(SweepManifest sweep, IReadOnlyList<SweepJob> jobs,
         IReadOnlyList<string> sfmoe, IReadOnlyList<string> launchArgs, SlurmOptions o)
     {
-        if (o.MaxArraySize < 1) throw new SfMoeException($"the largest array must be >= 1, got {o.MaxArraySize}");
+        if (o.MaxArraySize < 1) throw new RunException($"the largest array must be >= 1, got {o.MaxArraySize}");
         return jobs.Chunk(o.MaxArraySize)
             .Select(c => ((IReadOnlyList<SweepJob>)c, SlurmScript.Generate(sweep, c, sfmoe, launchArgs, o)))
             .ToArray();

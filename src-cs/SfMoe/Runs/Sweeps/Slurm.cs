@@ -77,9 +77,9 @@ public sealed class SlurmClient
     public string Submit(string scriptPath)
     {
         var (code, stdout, stderr) = RunTool(Sbatch, ["--parsable", scriptPath], TimeSpan.FromMinutes(2));
-        if (code != 0) throw new SfMoeException($"sbatch failed (exit code {code}): {FirstLine(stderr, stdout)}");
+        if (code != 0) throw new RunException($"sbatch failed (exit code {code}): {FirstLine(stderr, stdout)}");
         var id = stdout.Trim().Split('\n').Last().Split(';')[0].Trim();
-        if (!Regex.IsMatch(id, @"^\d+$")) throw new SfMoeException($"sbatch printed no job id: {stdout.Trim()}");
+        if (!Regex.IsMatch(id, @"^\d+$")) throw new RunException($"sbatch printed no job id: {stdout.Trim()}");
         return id;
     }
 
@@ -164,8 +164,8 @@ public sealed class SlurmClient
         };
         foreach (var a in args) psi.ArgumentList.Add(a);
         Process p;
-        try { p = Process.Start(psi) ?? throw new SfMoeException($"{tool} did not start"); }
-        catch (System.ComponentModel.Win32Exception e) { throw new SfMoeException($"{tool}: cannot run it ({e.Message}); is Slurm installed and on PATH?"); }
+        try { p = Process.Start(psi) ?? throw new RunException($"{tool} did not start"); }
+        catch (System.ComponentModel.Win32Exception e) { throw new RunException($"{tool}: cannot run it ({e.Message}); is Slurm installed and on PATH?"); }
         using (p)
         {
             p.StandardInput.Close();
@@ -174,7 +174,7 @@ public sealed class SlurmClient
             if (!p.WaitForExit(timeout))
             {
                 try { p.Kill(true); } catch (InvalidOperationException) { }
-                throw new SfMoeException($"{tool} did not answer within {timeout.TotalSeconds:F0} s");
+                throw new RunException($"{tool} did not answer within {timeout.TotalSeconds:F0} s");
             }
             return (p.ExitCode, o.Result, e.Result);
         }
@@ -201,7 +201,7 @@ public static class SlurmScript
     {
         if (jobs.Count == 0) throw new ArgumentException("no jobs", nameof(jobs));
         if (sweep.Directory.Any(char.IsWhiteSpace))
-            throw new SfMoeException($"the sweep folder {sweep.Directory} holds white space, which #SBATCH lines cannot: use another --output-dir");
+            throw new RunException($"the sweep folder {sweep.Directory} holds white space, which #SBATCH lines cannot: use another --output-dir");
         var sb = new StringBuilder();
         void L(string s = "") => sb.Append(s).Append('\n');
         L("#!/bin/bash");
@@ -216,7 +216,7 @@ public static class SlurmScript
         foreach (var line in o.ExtraLines)
         {
             var t = line.Trim();
-            if (t.Contains('\n')) throw new SfMoeException("an extra #SBATCH line holds a line break");
+            if (t.Contains('\n')) throw new RunException("an extra #SBATCH line holds a line break");
             L(t.StartsWith("#SBATCH", StringComparison.Ordinal) ? t : "#SBATCH " + t);
         }
         L($"# Written by `sfmoe sweep launch --launcher slurm` for the sweep in {sweep.Directory} ({SweepManifest.FileName}).");
@@ -250,5 +250,5 @@ public static class SlurmScript
     }
 
     static string Clean(string v) =>
-        v.Any(c => char.IsWhiteSpace(c) || c == '#') ? throw new SfMoeException($"'{v}' cannot go into an #SBATCH line (white space or #)") : v;
+        v.Any(c => char.IsWhiteSpace(c) || c == '#') ? throw new RunException($"'{v}' cannot go into an #SBATCH line (white space or #)") : v;
 }

@@ -115,9 +115,9 @@ public static class Sweep
     public static IReadOnlyList<SweepJob> JobsToLaunch(SweepStatus status)
     {
         if (status.LocalLaunchRunning)
-            throw new SfMoeException($"a local launch of this sweep is running ({Path.Combine(status.Sweep.Directory, SweepManifest.LockName)} is held): wait for it or stop it first");
+            throw new RunException($"a local launch of this sweep is running ({Path.Combine(status.Sweep.Directory, SweepManifest.LockName)} is held): wait for it or stop it first");
         if (status.QueueError is { } q && status.Jobs.Any(j => j.State == JobState.Incomplete))
-            throw new SfMoeException($"cannot tell which Slurm tasks of this sweep still run ({q}); relaunching could run a job twice");
+            throw new RunException($"cannot tell which Slurm tasks of this sweep still run ({q}); relaunching could run a job twice");
         return status.Jobs.Where(j => j.State != JobState.Done && !j.Active).Select(j => j.Job).ToArray();
     }
 
@@ -126,9 +126,9 @@ public static class Sweep
     public static IReadOnlyList<JobStatus> IncompleteToDelete(SweepStatus status)
     {
         if (status.LocalLaunchRunning)
-            throw new SfMoeException("a local launch of this sweep is running: its jobs' folders are in use");
+            throw new RunException("a local launch of this sweep is running: its jobs' folders are in use");
         if (status.QueueError is { } q)
-            throw new SfMoeException($"cannot tell which Slurm tasks of this sweep still run ({q}); deleting could pull a folder from under a running job");
+            throw new RunException($"cannot tell which Slurm tasks of this sweep still run ({q}); deleting could pull a folder from under a running job");
         return status.Jobs.Where(j => j.State == JobState.Incomplete && !j.Active).ToArray();
     }
 
@@ -176,7 +176,7 @@ public static class Sweep
         }
         catch (IOException)
         {
-            throw new SfMoeException($"another launch of this sweep is running ({path} is held)");
+            throw new RunException($"another launch of this sweep is running ({path} is held)");
         }
     }
 
@@ -193,7 +193,7 @@ public static class Sweep
         while (true)
         {
             var s = Status(sweep, slurm);
-            if (s.QueueError is { } q) throw new SfMoeException("cannot wait for the Slurm tasks: " + q);
+            if (s.QueueError is { } q) throw new RunException("cannot wait for the Slurm tasks: " + q);
             var running = s.Jobs.Count(j => j.Scheduler?.State == "RUNNING");
             var pending = s.Jobs.Count(j => j.Active) - running;
             var line = $"{s.Summary} Slurm: {running} running, {pending} pending{(s.LocalLaunchRunning ? "; a local launch is running" : "")}";

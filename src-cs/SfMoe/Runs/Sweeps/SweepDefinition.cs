@@ -58,8 +58,8 @@ public sealed record SweepDefinition
     public static SweepDefinition FromJson(JsonObject o)
     {
         static IReadOnlyList<string> Strings(JsonNode? n, string key) =>
-            n is JsonArray a ? a.Select(x => x?.GetValue<string>() ?? throw new SfMoeException($"sweep.json: null in definition.{key}")).ToArray()
-                             : throw new SfMoeException($"sweep.json: definition.{key} must be a list");
+            n is JsonArray a ? a.Select(x => x?.GetValue<string>() ?? throw new RunException($"sweep.json: null in definition.{key}")).ToArray()
+                             : throw new RunException($"sweep.json: definition.{key} must be a list");
         return new SweepDefinition
         {
             Datasets = Strings(o["datasets"], "datasets"),
@@ -85,15 +85,15 @@ public sealed record SweepDefinition
     public IReadOnlyList<SweepJob> Expand(Func<string, int>? environmentCount = null)
     {
         environmentCount ??= d => EnvironmentCount(d, DataDir);
-        if (Datasets.Count == 0) throw new SfMoeException("a sweep needs at least one dataset");
-        if (Algorithms.Count == 0) throw new SfMoeException("a sweep needs at least one algorithm");
-        if (Trials < 1) throw new SfMoeException($"the number of trials must be >= 1, got {Trials}");
+        if (Datasets.Count == 0) throw new RunException("a sweep needs at least one dataset");
+        if (Algorithms.Count == 0) throw new RunException("a sweep needs at least one algorithm");
+        if (Trials < 1) throw new RunException($"the number of trials must be >= 1, got {Trials}");
         if (HparamsFrom < 0 || HparamsTo <= HparamsFrom)
-            throw new SfMoeException($"hparams seeds {HparamsFrom}..{HparamsTo - 1} are empty: give n_hparams > n_hparams_from >= 0");
-        if (Datasets.Distinct().Count() != Datasets.Count) throw new SfMoeException("a dataset is listed twice");
-        if (Algorithms.Distinct().Count() != Algorithms.Count) throw new SfMoeException("an algorithm is listed twice");
+            throw new RunException($"hparams seeds {HparamsFrom}..{HparamsTo - 1} are empty: give n_hparams > n_hparams_from >= 0");
+        if (Datasets.Distinct().Count() != Datasets.Count) throw new RunException("a dataset is listed twice");
+        if (Algorithms.Distinct().Count() != Algorithms.Count) throw new RunException("an algorithm is listed twice");
         foreach (var a in Algorithms)
-            if (Train.AlgorithmKindModule.tryParse(a) is null) throw new SfMoeException($"unknown algorithm {a}: expected ERM, SFMoE or GMoE");
+            if (Train.AlgorithmKindModule.tryParse(a) is null) throw new RunException($"unknown algorithm {a}: expected ERM, SFMoE or GMoE");
         var extra = ParseTrainArgs(TrainArgs);
         var combos = Datasets.ToDictionary(d => d, d => TestEnvCombinations(d, environmentCount(d)));
 
@@ -105,7 +105,7 @@ public sealed record SweepDefinition
                         for (int hp = HparamsFrom; hp < HparamsTo; hp++)
                             jobs.Add(SweepJob.Create(dataset, Canonical(algorithm), testEnvs, hp, trial, DataDir, extra));
         var dup = jobs.GroupBy(j => j.Id).FirstOrDefault(g => g.Count() > 1);
-        if (dup is not null) throw new SfMoeException($"two jobs of the sweep have the same arguments: {dup.First().Describe()}");
+        if (dup is not null) throw new RunException($"two jobs of the sweep have the same arguments: {dup.First().Describe()}");
         return jobs;
     }
 
@@ -115,12 +115,12 @@ public sealed record SweepDefinition
     {
         var chosen = TestEnvs ?? Enumerable.Range(0, n).ToArray();
         foreach (var t in chosen)
-            if (t < 0 || t >= n) throw new SfMoeException($"test env {t} is out of range: {dataset} has environments 0..{n - 1}");
-        if (chosen.Distinct().Count() != chosen.Count) throw new SfMoeException("a test env is listed twice");
-        if (chosen.Count == 0) throw new SfMoeException("give at least one test env");
+            if (t < 0 || t >= n) throw new RunException($"test env {t} is out of range: {dataset} has environments 0..{n - 1}");
+        if (chosen.Distinct().Count() != chosen.Count) throw new RunException("a test env is listed twice");
+        if (chosen.Count == 0) throw new RunException("give at least one test env");
         if (!SingleTestEnvs && n < 3)
-            throw new SfMoeException($"{dataset} has {n} environments: pairs of test envs need at least 3 (use single test envs)");
-        if (n < 2) throw new SfMoeException($"{dataset} has {n} environment: nothing is left to train on");
+            throw new RunException($"{dataset} has {n} environments: pairs of test envs need at least 3 (use single test envs)");
+        if (n < 2) throw new RunException($"{dataset} has {n} environment: nothing is left to train on");
         return TestEnvCombinations(n, chosen, SingleTestEnvs);
     }
 
@@ -157,7 +157,7 @@ public sealed record SweepDefinition
         foreach (var c in candidates)
             if (Directory.Exists(c))
                 return new DirectoryInfo(c).GetDirectories().Count(d => !d.Name.StartsWith('.'));
-        throw new SfMoeException($"unknown dataset {dataset}: not a known dataset ({string.Join(", ", SfMoe.Data.Datasets.Names)}) and no folder {string.Join(" or ", candidates)}");
+        throw new RunException($"unknown dataset {dataset}: not a known dataset ({string.Join(", ", SfMoe.Data.Datasets.Names)}) and no folder {string.Join(" or ", candidates)}");
     }
 
     /// <summary>The name a job records for a dataset: the canonical name of a known dataset, else as given.</summary>
@@ -177,11 +177,11 @@ public sealed record SweepDefinition
         for (int i = 0; i < tokens.Count; i++)
         {
             var t = tokens[i];
-            if (!OptionName.IsMatch(t)) throw new SfMoeException($"train option expected, got '{t}' (extra train options look like --steps 50)");
+            if (!OptionName.IsMatch(t)) throw new RunException($"train option expected, got '{t}' (extra train options look like --steps 50)");
             var key = t[2..].Replace('-', '_');
             if (ReservedOptions.Contains(key))
-                throw new SfMoeException($"{t} is set by the sweep for each job; it cannot be an extra train option");
-            if (pairs.Any(p => p.Key == key)) throw new SfMoeException($"{t} is given twice");
+                throw new RunException($"{t} is set by the sweep for each job; it cannot be an extra train option");
+            if (pairs.Any(p => p.Key == key)) throw new RunException($"{t} is given twice");
             object value = true;
             if (i + 1 < tokens.Count && !tokens[i + 1].StartsWith("--", StringComparison.Ordinal))
             {
@@ -246,7 +246,7 @@ public sealed class SweepJob
         if (dataDir is not null) args["data_dir"] = dataDir;
         foreach (var (k, v) in extra)
         {
-            if (args.ContainsKey(k)) throw new SfMoeException($"--{k.Replace('_', '-')} is set by the sweep for each job");
+            if (args.ContainsKey(k)) throw new RunException($"--{k.Replace('_', '-')} is set by the sweep for each job");
             args[k] = v;
         }
         return new SweepJob(args, dataset, algorithm, te, hparamsSeed, trialSeed, seed);

@@ -118,21 +118,21 @@ public sealed class SweepManifest
     {
         directory = System.IO.Path.GetFullPath(directory);
         var path = System.IO.Path.Combine(directory, FileName);
-        if (!File.Exists(path)) throw new SfMoeException($"{directory} holds no {FileName}: not a sweep folder (create one with sfmoe sweep launch)");
+        if (!File.Exists(path)) throw new RunException($"{directory} holds no {FileName}: not a sweep folder (create one with sfmoe sweep launch)");
         JsonObject root;
-        try { root = JsonNode.Parse(File.ReadAllText(path))?.AsObject() ?? throw new SfMoeException($"{path}: empty"); }
-        catch (JsonException e) { throw new SfMoeException($"{path}: not valid JSON ({e.Message})"); }
-        if (root["format"]?.GetValue<string>() != Format) throw new SfMoeException($"{path}: not an SfMoe sweep manifest ({Format})");
-        var def = SweepDefinition.FromJson(root["definition"]?.AsObject() ?? throw new SfMoeException($"{path}: no definition"));
+        try { root = JsonNode.Parse(File.ReadAllText(path))?.AsObject() ?? throw new RunException($"{path}: empty"); }
+        catch (JsonException e) { throw new RunException($"{path}: not valid JSON ({e.Message})"); }
+        if (root["format"]?.GetValue<string>() != Format) throw new RunException($"{path}: not an SfMoe sweep manifest ({Format})");
+        var def = SweepDefinition.FromJson(root["definition"]?.AsObject() ?? throw new RunException($"{path}: no definition"));
         var stored = root["jobs"]?.AsArray().Select(j => j!["id"]!.GetValue<string>()).ToArray() ?? [];
         var counts = (root["environments"] as JsonObject)?.ToDictionary(kv => kv.Key, kv => kv.Value!.GetValue<int>()) ?? [];
         foreach (var d in def.Datasets)
-            if (!counts.ContainsKey(d)) throw new SfMoeException($"{path}: no environment count for dataset {d}");
+            if (!counts.ContainsKey(d)) throw new RunException($"{path}: no environment count for dataset {d}");
         var launches = root["launches"]?.AsArray().Select(l => SweepLaunch.FromJson(l!.AsObject())).ToList() ?? [];
         var m = new SweepManifest(directory, def, counts, launches);
         // Re-expanding the definition must give the stored jobs, or the code that names jobs changed under the sweep.
         if (!stored.SequenceEqual(m.Jobs.Select(j => j.Id)))
-            throw new SfMoeException($"{path}: its jobs differ from those its definition gives now (was it written by another version of sfmoe?)");
+            throw new RunException($"{path}: its jobs differ from those its definition gives now (was it written by another version of sfmoe?)");
         return m;
     }
 
