@@ -10,6 +10,7 @@ namespace SfMoe.Data;
 /// <param name="Hue">Hue shift in [-0.5, 0.5] (a fraction of the hue circle), or null to skip.</param>
 public sealed record ColorJitterParams(IReadOnlyList<int> Order, double? Brightness, double? Contrast, double? Saturation, double? Hue);
 
+// torchvision's ColorJitter: the random order and factors, and the adjustments applied in that order.
 public static partial class Transforms
 {
     /// <summary>torchvision's ColorJitter.get_params: a random order, then the four factors (see the class remarks).</summary>

@@ -9,6 +9,7 @@ namespace SfMoe.Data;
 /// <param name="Width">Columns.</param>
 public readonly record struct CropBox(int Top, int Left, int Height, int Width);
 
+// torchvision's RandomResizedCrop: the crop's random draw and the crop + bilinear resize.
 public static partial class Transforms
 {
     /// <summary>

@@ -41,6 +41,7 @@ public sealed record AugmentOptions
     public static AugmentOptions DomainBed { get; } = new();
 }
 
+// DomainBed's train and eval transforms: all random choices of one pass, then crop, flip, jitter, greyscale, normalise.
 public static partial class Transforms
 {
     /// <summary>Draws every random choice of one train transform (see the class remarks for the order of draws).</summary>
