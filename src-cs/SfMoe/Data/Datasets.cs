@@ -101,7 +101,7 @@ public static class Datasets
     {
         var d = string.IsNullOrWhiteSpace(dataDir) ? Environment.GetEnvironmentVariable(DataDirVariable) : dataDir;
         if (string.IsNullOrWhiteSpace(d))
-            throw new DatasetException($"no data directory given: pass --data-dir or set {DataDirVariable}");
+            throw new DatasetException($"no data directory given: pass Datasets.Open(dataDir) or set {DataDirVariable}");
         return Path.GetFullPath(d);
     }
 
@@ -141,7 +141,7 @@ public static class Datasets
         if (!Directory.Exists(root))
             throw new DatasetException(
                 $"{spec.Name}: dataset folder not found: expected {root} (the folder {spec.DirName}/ under the data directory); " +
-                $"run `sfmoe download {spec.Name} --data-dir {dir}` or point --data-dir at the folder that holds {spec.DirName}/");
+                $"run `Downloader.Fetch(\"{spec.Name}\", \"{dir}\")` or point Datasets.Open(dataDir) at the folder that holds {spec.DirName}/");
         return ImageFolderDataset.Open(root, spec, decode ?? throw new ArgumentNullException(nameof(decode), "an image decoder is needed for " + spec.Name));
     }
 

@@ -53,7 +53,7 @@ public sealed class MnistData
         }
         throw new DatasetException(
             $"MNIST: the idx files ({string.Join(", ", FileNames)}, raw or .gz) were not found in any of " +
-            $"{string.Join(", ", CandidateFolders(dataDir).Select(Path.GetFullPath))}; run `sfmoe download MNIST --data-dir {dataDir}`");
+            $"{string.Join(", ", CandidateFolders(dataDir).Select(Path.GetFullPath))}; run `Downloader.Fetch(\"MNIST\", \"{dataDir}\")`");
     }
 
     static string? Find(string folder, string name)

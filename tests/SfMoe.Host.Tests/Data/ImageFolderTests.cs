@@ -105,7 +105,7 @@ public class ImageFolderTests
 
         e = Assert.ThrowsAny<SfMoeException>(() => Datasets.Open("OfficeHome", tmp.Path, SkiaDecode));
         Assert.Contains(tmp.Sub("office_home"), e.Message);
-        Assert.Contains("sfmoe download OfficeHome", e.Message);
+        Assert.Contains("Downloader.Fetch(\"OfficeHome\"", e.Message);
 
         e = Assert.ThrowsAny<SfMoeException>(() => Datasets.Open("NoSuchSet", tmp.Path, SkiaDecode));
         Assert.Contains("unknown dataset NoSuchSet", e.Message);

@@ -176,7 +176,7 @@ public class MnistTests
         var e = Assert.ThrowsAny<SfMoeException>(() => Datasets.Open("RotatedMNIST", tmp.Path, null));
         Assert.Contains("train-images-idx3-ubyte", e.Message);
         Assert.Contains(Path.Combine(tmp.Path, "MNIST", "raw"), e.Message);
-        Assert.Contains("sfmoe download MNIST", e.Message);
+        Assert.Contains("Downloader.Fetch(\"MNIST\"", e.Message);
 
         WriteFakeMnist(tmp.Sub("MNIST"), 10, 5, gz: false);
         File.WriteAllBytes(tmp.Sub("MNIST", "t10k-labels-idx1-ubyte"), [0, 0, 8, 1, 0, 0, 0, 5, 1, 2]);

@@ -108,7 +108,7 @@ public static class DownloadCatalog
                 ?? throw new DatasetException($"unknown dataset {dataset}; downloadable: {string.Join(", ", All.Select(d => d.Dataset))}");
             name = spec.Name switch { "RotatedMNIST" or "ColoredMNIST" => "MNIST", _ => spec.Name };
             if (name == "CUB-DG")
-                throw new DatasetException("CUB-DG has no public download (SF-MoE's code has no generation script); put it at <data-dir>/CUB_DG/<env>/<class>/<images>");
+                throw new DatasetException("CUB-DG has no public download (SF-MoE's code has no generation script); put it at <data directory>/CUB_DG/<env>/<class>/<images>");
             if (name == "Synthetic")
                 throw new DatasetException("Synthetic needs no download: it is rendered on the fly (SyntheticDataset.WriteImageFolder writes a copy)");
         }

@@ -83,7 +83,7 @@ public static partial class Downloader
         string target = Path.Combine(dataDir, recipe.DirName);
         if (!options.Force && Directory.Exists(target) && Directory.EnumerateFileSystemEntries(target).Any())
         {
-            progress?.Report(new("info", recipe.DirName, 0, null, $"{target} already exists; nothing to do (use Force to replace it)"));
+            progress?.Report(new("info", recipe.DirName, 0, null, $"{target} already exists; nothing to do (use DownloadOptions.Force to replace it)"));
             return new DownloadResult(recipe.Dataset, target, [], true, []);
         }
         string downloads = Path.Combine(dataDir, DownloadFolder);
