@@ -8,7 +8,7 @@ namespace SfMoe.Imaging;
 
 /// <summary>
 /// Decodes image files into 8-bit RGB <see cref="ImageU8"/> exactly as DomainBed reads them with PIL
-/// (<c>Image.open(f).convert('RGB')</c>, Pillow 9.4), and encodes PNG/JPEG. Thread-safe; uses SkiaSharp.
+/// (<c>Image.open(f).convert('RGB')</c>, Pillow 9.4), and encodes PNG/JPEG (the host writes files atomically: <c>SfMoe.Data.ImageFiles</c>). Thread-safe; uses SkiaSharp.
 /// </summary>
 /// <remarks>
 /// <para>What each kind of file becomes (checked bit for bit against Pillow 9.4 by the tests):</para>
