@@ -14,6 +14,9 @@ open SfMoe
 
 let private fail fmt = Fail.checkpoint fmt
 
+/// Where a message asks the caller to name the model instead of inferring it.
+let private nameTheModel = "name the model: ImportOptions.Model or ImportOptions.ModelConfigJson"
+
 /// The ViT config a checkpoint's tensors describe (heads = D / 64 as in every timm/DeiT size; GroupNorm groups 32).
 /// Also returns the assumptions made.
 let inferConfig (src: Source) : VitConfig * string list =
@@ -25,7 +28,7 @@ let inferConfig (src: Source) : VitConfig * string list =
     let req (k: string) =
         match shape k with
         | Some s -> s
-        | None -> fail "%s: cannot infer the model: no %s (pass --model or --model-config)" src.Name k
+        | None -> fail "%s: cannot infer the model: no %s (%s)" src.Name k nameTheModel
     let d = int (req "cls_token").[2]
     let depth =
         src.Tensors
@@ -110,5 +113,5 @@ let inferConfig (src: Source) : VitConfig * string list =
           if not (t.ContainsKey "head.weight") then yield "no head in the checkpoint: 1000 classes assumed" ]
     match VitConfig.validate cfg with
     | Ok c -> c, notes
-    | Error e -> fail "%s: the inferred model is invalid (%s); pass --model or --model-config" src.Name e
+    | Error e -> fail "%s: the inferred model is invalid (%s); %s" src.Name e nameTheModel
 

@@ -103,7 +103,7 @@ let loadInto (net: Networks.Network) (src: Source) (experts: Upcycle.ExpertInit 
                 if r.Success && isSparse (int r.Groups[1].Value) then
                     initialised.Add((k, "router: always starts from its init"))
                 elif e.Success && droppedBlocks.Contains(int e.Groups[1].Value) then
-                    initialised.Add((k, "experts keep their init: --experts random, SF-MoE's behaviour"))
+                    initialised.Add((k, "experts keep their init (experts: random, SF-MoE's behaviour)"))
                 elif k.EndsWith "num_batches_tracked" then
                     initialised.Add((k, "BatchNorm step counter, not in the checkpoint"))
                 else missing.Add k
@@ -111,7 +111,7 @@ let loadInto (net: Networks.Network) (src: Source) (experts: Upcycle.ExpertInit 
             let m = denseRx.Match n
             let i = int m.Groups[1].Value
             match mode with
-            | Upcycle.KeepInit -> sprintf "dense FFN of block %d, sparse in the model: its experts start from their init (--experts random)" i
+            | Upcycle.KeepInit -> sprintf "dense FFN of block %d, sparse in the model: its experts start from their init (experts: random)" i
             | Upcycle.CopyDense -> sprintf "bias of block %d's dense FFN: the model's experts have no biases (moe.expert_bias false; the authors' .npz path drops them too)" i
         let ignored =
             [ yield! src.Ignored

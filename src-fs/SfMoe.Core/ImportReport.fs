@@ -28,15 +28,16 @@ type Report =
 /// A shape as "[a, b, c]".
 let internal shapeStr (s: int64[]) = "[" + String.Join(", ", s) + "]"
 
-/// The report as text lines (what `sfmoe import` prints). `verbose` lists every loaded key.
-let describe (verbose: bool) (r: Report) : string list =
+/// The report as text lines. `verbose` lists every loaded and renamed key; otherwise their counts come with
+/// `listHint`, which says how to list them (the caller's wording: an API member or a command-line flag).
+let describe (listHint: string) (verbose: bool) (r: Report) : string list =
     let section (title: string) (items: string list) =
         [ yield sprintf "%s: %d" title items.Length
           for i in items do yield "  " + i ]
-    [ yield sprintf "loaded: %d tensors%s" r.Loaded.Length (if verbose || r.Loaded.IsEmpty then "" else " (--verbose lists them)")
+    [ yield sprintf "loaded: %d tensors%s" r.Loaded.Length (if verbose || r.Loaded.IsEmpty then "" else sprintf " (%s)" listHint)
       if verbose then for k in r.Loaded do yield "  " + k
       if not r.Renamed.IsEmpty then
-          yield sprintf "renamed: %d checkpoint keys%s" r.Renamed.Length (if verbose then "" else " (--verbose lists them)")
+          yield sprintf "renamed: %d checkpoint keys%s" r.Renamed.Length (if verbose then "" else sprintf " (%s)" listHint)
           if verbose then for a, b in r.Renamed do yield sprintf "  %s -> %s" a b
       yield! section "resampled" [ for k, a, b in r.Resampled -> sprintf "%s %s -> %s (bicubic over the patch grid)" k (shapeStr a) (shapeStr b) ]
       yield! section "re-initialised" [ for k, why in r.Reinitialised -> sprintf "%s (%s)" k why ]

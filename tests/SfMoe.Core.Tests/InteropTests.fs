@@ -536,7 +536,7 @@ let tests =
                     Expect.equal r.Code 0 r.Err
                     for fragment in [ "resampled: 1"; "pos_embed [1, 18, 32] -> [1, 38, 32]"; "re-initialised: 4"; "head.weight (the checkpoint has 5 classes, the model 3)"
                                       "initialised: 3"; "blocks.1.mlp.gate.w_gating (router"; "ignored: 4"; "blocks.1.mlp.fc1.weight (dense FFN of block 1"
-                                      "normalization: imagenet"; "wrote " + out ] do
+                                      "normalization: imagenet"; "wrote " + out; "tensors (--verbose lists them)" ] do
                         Expect.stringContains r.Out fragment fragment
                     let j = CliTests.sfmoe [ "import"; "--from"; "deit"; interop "deit_tiny.pth"; "-o"; out; "--model-config"; cfgFile; "--experts"; "copy"; "--json" ]
                     Expect.equal j.Code 0 j.Err

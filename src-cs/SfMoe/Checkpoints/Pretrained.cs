@@ -94,11 +94,15 @@ public sealed class ImportReport
     public string NormalizationName { get; }
 
     /// <summary>The report as text lines; <paramref name="verbose"/> lists every loaded and renamed key.</summary>
-    public IReadOnlyList<string> Lines(bool verbose = false)
+    public IReadOnlyList<string> Lines(bool verbose = false) => Lines(verbose, "Lines(verbose: true) lists them");
+
+    /// <summary>The report as text lines; without <paramref name="verbose"/>, the counts of loaded and renamed keys
+    /// come with <paramref name="listHint"/>, which says how to list them (the command line names its flag).</summary>
+    internal IReadOnlyList<string> Lines(bool verbose, string listHint)
     {
         var r = new CoreImportReport.Report(Raw.Loaded, Raw.Renamed, Raw.Resampled, Raw.Reinitialised, Raw.Upcycled, Raw.Initialised,
                                   Raw.Ignored, Raw.Info, ListModule.OfSeq(Notes));
-        return CoreImportReport.describe(verbose, r).ToList();
+        return CoreImportReport.describe(listHint, verbose, r).ToList();
     }
 }
 
@@ -182,7 +186,7 @@ public static class Pretrained
         int? numClasses = options.NumClasses;
         if (src.IsResNet || options.Model == "resnet50")
         {
-            if (!src.IsResNet) throw new CheckpointException($"{inputPath} is not a ResNet-50 checkpoint; resnet50 takes --from torchvision or a DomainBed ERM model.pkl");
+            if (!src.IsResNet) throw new CheckpointException($"{inputPath} is not a ResNet-50 checkpoint; resnet50 takes the format torchvision or a DomainBed ERM model.pkl");
             if (options.Model is not null && options.Model != "resnet50" || options.ModelConfigJson is not null)
                 throw new CheckpointException($"{inputPath} is a ResNet-50 checkpoint: the model is resnet50");
             var cls = src.Tensors.FirstOrDefault(t => t.Item1 == "classifier.weight");
