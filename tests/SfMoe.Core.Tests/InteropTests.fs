@@ -55,6 +55,38 @@ let private noPid (_: PyValue) : PyValue = failwith "no persistent ids"
 
 let private sentinel = "/tmp/sfmoe-interop-pwned"
 
+/// A read-only stream that cannot seek (a network or pipe stream), over another stream.
+type private NonSeekable(inner: Stream) =
+    inherit Stream()
+    override _.CanRead = true
+    override _.CanSeek = false
+    override _.CanWrite = false
+    override _.Length = raise (NotSupportedException())
+    override _.Position
+        with get () = raise (NotSupportedException())
+        and set _ = raise (NotSupportedException())
+    override _.Flush() = ()
+    override _.Read(buffer: byte[], offset: int, count: int) = inner.Read(buffer, offset, count)
+    override _.Seek(_: int64, _: SeekOrigin) : int64 = raise (NotSupportedException())
+    override _.SetLength(_: int64) = raise (NotSupportedException())
+    override _.Write(_: byte[], _: int, _: int) = raise (NotSupportedException())
+
+/// The tensors of a source, for comparison.
+let private sameTensors (what: string) (a: (string * Tensor) list) (b: (string * Tensor) list) =
+    Expect.sequenceEqual (a |> List.map fst) (b |> List.map fst) (what + ": names in order")
+    for (n, x), (_, y) in List.zip a b do
+        Expect.isTrue (tensorsEqual x y) (sprintf "%s: %s" what n)
+
+/// Every cut of `bytes` at `cuts` read by `read` from a memory stream is a CheckpointException whose message starts
+/// with the name given to the reader (the unpickler's messages name the file without its folder).
+let private expectCutsRefused (name: string) (bytes: byte[]) (cuts: int list) (read: string -> Stream -> unit) =
+    for cut in cuts do
+        use ms = new MemoryStream(bytes[0 .. min (bytes.Length - 1) cut - 1])
+        let e = Expect.throwsC (fun () -> read name ms) id
+        Expect.isTrue (e :? SfMoe.CheckpointException) (sprintf "cut at %d: a CheckpointException (%s)" cut (e.GetType().Name))
+        let named = e.Message.StartsWith(name + ": ") || e.Message.StartsWith(Path.GetFileName name + ": ")
+        Expect.isTrue named (sprintf "cut at %d: names %s (%s)" cut name e.Message)
+
 // ------------------------------------------------------------------------------------------------------------------
 // The full-size cases: weights from the recipe documented in gen_interop_fixtures.py
 // ------------------------------------------------------------------------------------------------------------------
@@ -258,6 +290,80 @@ let tests =
                       "eval_protocol4.pkl", ImportSource.Timm, "refused global builtins.eval in eval_protocol4.pkl" ] do
                     expectRefused fragment (fun () -> (readImport format (interop ("unsafe/" + file)) :> IDisposable).Dispose())
                 Expect.isFalse (File.Exists sentinel) "nothing ran"
+            }
+        ]
+
+        testList "streams" [
+            test "safetensors: a write to a memory stream reads back the same tensors and metadata, and writes the same bytes" {
+                use a = torch.randn(3L, 4L)
+                use b = torch.arange(6L, dtype = torch.ScalarType.Int64)
+                use c = a.t ()
+                use e = torch.zeros(0L, 2L)
+                use h = torch.randn(5L).to_type(torch.ScalarType.BFloat16)
+                use m = torch.tensor([| true; false; true |])
+                let meta = Map.ofList [ "config", "{\"embed_dim\": 32}"; "format", "pt" ]
+                let tensors = [ "a", a; "b", b; "c", c; "e", e; "h", h; "m", m ]
+                use first = new MemoryStream()
+                SafeTensors.write "out/w.safetensors" meta tensors first
+                let bytes = first.ToArray()
+                use back = SafeTensors.read "w.safetensors" (new MemoryStream(bytes))
+                Expect.equal back.Metadata meta "metadata"
+                sameTensors "read back" back.Tensors tensors
+                use again = new MemoryStream()
+                SafeTensors.write "w.safetensors" back.Metadata back.Tensors again
+                Expect.sequenceEqual (again.ToArray()) bytes "the same bytes"
+                let onDisk = File.ReadAllBytes(interop "timm_tiny.safetensors")
+                use fromFile = readSafeTensors (interop "timm_tiny.safetensors")
+                use fromPipe = SafeTensors.read "pipe" (new NonSeekable(new MemoryStream(onDisk)))
+                sameTensors "a non-seekable stream" fromPipe.Tensors fromFile.Tensors
+                expectCutsRefused "given/name.safetensors" bytes [ 0; 7; 8; 20; bytes.Length - 1 ] (fun n s -> (SafeTensors.read n s :> IDisposable).Dispose())
+            }
+            test "torch.save: a write to a memory stream reads back the same tensors; the archive folder is named after the name" {
+                use a = torch.randn(3L, 4L)
+                use b = torch.arange(6L, dtype = torch.ScalarType.Int64)
+                use c = a.t ()
+                use h = torch.randn(5L).to_type(torch.ScalarType.Float16)
+                let tensors = [ "a", a; "b", b; "c", c; "h", h ]
+                use ms = new MemoryStream()
+                TorchFile.writeWrapped (Some "model") "runs/deit.small-v1.pth" tensors ms
+                let bytes = ms.ToArray()
+                do
+                    use zip = new Compression.ZipArchive(new MemoryStream(bytes), Compression.ZipArchiveMode.Read)
+                    for entry in zip.Entries do
+                        Expect.isTrue (entry.FullName.StartsWith "deit_small-v1/") entry.FullName
+                use src = ImportSource.read ImportSource.Deit "deit.small-v1.pth" (new MemoryStream(bytes))
+                sameTensors "read back" src.Tensors tensors
+                Expect.equal src.Info [] "nothing but the state dict"
+                use pipe = ImportSource.read ImportSource.Deit "pipe" (new NonSeekable(new MemoryStream(bytes)))
+                sameTensors "a non-seekable stream" pipe.Tensors tensors
+                expectCutsRefused "given/name.pth" bytes [ 0; 4; 100; bytes.Length / 2; bytes.Length - 1 ] (fun n s -> (TorchFile.read n s :> IDisposable).Dispose())
+                let legacy = File.ReadAllBytes(interop "timm_tiny_legacy.pth")
+                expectCutsRefused "given/legacy.pth" legacy [ 1; 200; legacy.Length - 1 ] (fun n s -> (ImportSource.read ImportSource.Timm n s :> IDisposable).Dispose())
+            }
+            test "npz and every import format read from streams as from files; cuts name the given name" {
+                for file, format in
+                    [ "augreg_tiny.npz", ImportSource.Augreg; "deit_tiny.pth", ImportSource.Deit; "timm_tiny_legacy.pth", ImportSource.Timm
+                      "timm_tiny.safetensors", ImportSource.Timm; "sfmoe_dg_tiny.pkl", ImportSource.SfMoeDg; "gmoe_tiny.pkl", ImportSource.GMoe ] do
+                    let bytes = File.ReadAllBytes(interop file)
+                    use fromFile = readImport format (interop file)
+                    use fromPipe = ImportSource.read format file (new NonSeekable(new MemoryStream(bytes)))
+                    sameTensors file fromPipe.Tensors fromFile.Tensors
+                    Expect.equal fromPipe.Renamed fromFile.Renamed (file + ": renamed")
+                    Expect.equal fromPipe.Name file (file + ": the given name")
+                let npz = File.ReadAllBytes(interop "augreg_tiny.npz")
+                expectCutsRefused "given/name.npz" npz [ 0; 10; npz.Length / 2; npz.Length - 1 ] (fun n s -> for _, t in Npz.read n s do t.Dispose())
+            }
+            test "export: both formats written to a stream import back as the network's state dict" {
+                use fx = readSafeTensors (interop "deit_tiny.expected.safetensors")
+                let cfg = { configOf fx with Pattern = Pattern.parseOrFail "F,S" }
+                let net = vitNet cfg 3L
+                use _ = net.Module
+                let expected = Export.stateDict net
+                for format, importAs in [ Export.TimmSafetensors, ImportSource.Timm; Export.PyTorchPth, ImportSource.Timm ] do
+                    use ms = new MemoryStream()
+                    Export.write format "export.bin" net (Map.ofList [ "note", "x" ]) ms
+                    use src = ImportSource.read importAs "export.bin" (new MemoryStream(ms.ToArray()))
+                    sameTensors (sprintf "%A" format) src.Tensors expected
             }
         ]
 
