@@ -457,7 +457,7 @@ let forward (a: ParseResults<ForwardArgs>) =
     let inputPath = a.GetResult ForwardArgs.Input
     let outputPath = a.GetResult ForwardArgs.Output
     let read (what: string) (path: string) =
-        try SafeTensors.read path
+        try Checkpoints.TensorFiles.ReadSafeTensors path
         with :? CheckpointException as e -> fail "%s %s" what e.Message
     use weights = read "weights" weightsPath
     use input = read "input" inputPath
@@ -484,7 +484,7 @@ let forward (a: ParseResults<ForwardArgs>) =
                   yield sprintf "routing.%d.kept_%d" b (j + 1L), r.Kept.select(2L, j).to_type(torch.ScalarType.Int64)
                   yield sprintf "routing.%d.gate_%d" b (j + 1L), r.Gate.select(2L, j).contiguous () ]
     let meta = Map.ofList [ "config", ConfigJson.toJson false cfg; "mode", (if training then "train" else "eval"); "seed", string seed ]
-    try SafeTensors.write outputPath meta ([ "logits", o.Logits; "aux_loss", o.Aux ] @ routing)
+    try Checkpoints.TensorFiles.WriteSafeTensors(outputPath, meta, [ "logits", o.Logits; "aux_loss", o.Aux ] @ routing)
     with :? CheckpointException as e -> fail "output %s" e.Message
     for _, t in routing do t.Dispose()
     Console.WriteLine(sprintf "wrote %s: logits %s, aux_loss %.6g, %d sparse blocks" outputPath (Core.Tensors.shapeString o.Logits) (o.Aux.item<float32> ()) o.Routing.Length)

@@ -132,7 +132,7 @@ let import (a: ParseResults<ImportArgs>) =
                 sprintf "pattern %s, %d classes, %dx%d input%s" (Core.Pattern.print c.Pattern) c.NumClasses c.ImgSize c.ImgSize
                     (if c.Hybrid.IsSome then ", hybrid (ResNetV2 stem)" else "")
         Console.WriteLine(sprintf "model: %s (%s)" r.Model shape)
-        for line in rep.Lines(a.Contains ImportArgs.Verbose) do
+        for line in rep.Lines(a.Contains ImportArgs.Verbose, "--verbose lists them") do
             Console.WriteLine line
         let f (xs: float32[]) = String.Join(", ", xs |> Array.map (fun x -> x.ToString("0.###", Globalization.CultureInfo.InvariantCulture)))
         Console.WriteLine(sprintf "normalization: %s (mean %s; std %s)" rep.NormalizationName (f h.Mean) (f h.Std))

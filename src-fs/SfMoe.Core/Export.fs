@@ -33,9 +33,10 @@ let stateDict (net: Networks.Network) : (string * Tensor) list =
             else k, v)
     | _ -> sd
 
-/// Write a network's weights; `metadata` goes into the safetensors header (the .pth holds tensors only).
-let write (format: Format) (path: string) (net: Networks.Network) (metadata: Map<string, string>) : unit =
+/// Write a network's weights to `stream` in `format`; `name` (the file's path) starts every message (and names the
+/// .pth's archive folder); `metadata` goes into the safetensors header (the .pth holds tensors only).
+let write (format: Format) (name: string) (net: Networks.Network) (metadata: Map<string, string>) (stream: IO.Stream) : unit =
     let sd = stateDict net
     match format with
-    | TimmSafetensors -> SafeTensors.write path (metadata.Add("format", "pt")) sd
-    | PyTorchPth -> TorchFile.write path sd
+    | TimmSafetensors -> SafeTensors.write name (metadata.Add("format", "pt")) sd stream
+    | PyTorchPth -> TorchFile.write name sd stream

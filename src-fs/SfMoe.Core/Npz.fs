@@ -81,12 +81,12 @@ let parseNpy (src: string) (bytes: byte[]) : Tensor =
         p.contiguous ()
     else t
 
-/// Read every array of an .npz archive: (name without ".npy", tensor) in archive order. The caller disposes them.
-let read (path: string) : (string * Tensor) list =
-    if not (File.Exists path) then fail path "file not found"
+/// Read every array of an .npz archive from `stream` (from offset 0 when it can seek): (name without ".npy", tensor)
+/// in archive order; `name` (the file's path) starts every message. The caller disposes the tensors.
+let read (name: string) (stream: Stream) : (string * Tensor) list =
     let zip =
-        try new ZipArchive(File.OpenRead path, ZipArchiveMode.Read)
-        with :? InvalidDataException as e -> fail path "not a readable .npz (zip) archive, or truncated (%s)" e.Message
+        try new ZipArchive(Streams.seekable stream, ZipArchiveMode.Read, true)
+        with :? InvalidDataException as e -> fail name "not a readable .npz (zip) archive, or truncated (%s)" e.Message
     use zip = zip
     let out = ResizeArray()
     try
@@ -98,13 +98,13 @@ let read (path: string) : (string * Tensor) list =
                         use ms = new MemoryStream()
                         s.CopyTo ms
                         ms.ToArray()
-                    with :? InvalidDataException as ex -> fail path "entry %s is corrupt or truncated (%s)" e.FullName ex.Message
-                let name = e.FullName.Substring(0, e.FullName.Length - 4)
-                out.Add((name, parseNpy (sprintf "%s: %s" path e.FullName) bytes))
+                    with :? InvalidDataException as ex -> fail name "entry %s is corrupt or truncated (%s)" e.FullName ex.Message
+                let key = e.FullName.Substring(0, e.FullName.Length - 4)
+                out.Add((key, parseNpy (sprintf "%s: %s" name e.FullName) bytes))
             elif not (e.FullName.EndsWith "/") then
-                fail path "entry %s is not a .npy array: not an .npz file" e.FullName
+                fail name "entry %s is not a .npy array: not an .npz file" e.FullName
     with _ ->
         for _, t in out do t.Dispose()
         reraise ()
-    if out.Count = 0 then fail path "no .npy arrays in the archive"
+    if out.Count = 0 then fail name "no .npy arrays in the archive"
     List.ofSeq out

@@ -79,14 +79,14 @@ let tests =
                 let cfg = Registry.tryCreate "sfmoe_test_patch8_32" |> Result.defaultWith failwith
                 use m = new Vit.SfMoeVit({ cfg with Moe = { cfg.Moe with SecondPolicy = Config.SecondAll } }, Dd.cpu, Some 3L)
                 let weights = Path.Combine(dir, "w.safetensors")
-                SafeTensors.write weights Map.empty [ for KeyValue(k, v) in m.state_dict () -> k, v ]
+                writeSafeTensors weights Map.empty [ for KeyValue(k, v) in m.state_dict () -> k, v ]
                 let input = Path.Combine(dir, "x.safetensors")
                 use x = torch.randn(2L, 3L, 32L, 32L)
-                SafeTensors.write input Map.empty [ "x", x ]
+                writeSafeTensors input Map.empty [ "x", x ]
                 let output = Path.Combine(dir, "out.safetensors")
                 let r = sfmoe [ "forward"; "--model"; "sfmoe_test_patch8_32"; "--weights"; weights; "--input"; input; "--output"; output; "--second-policy"; "all" ]
                 Expect.equal r.Code 0 r.Err
-                use o = SafeTensors.read output
+                use o = readSafeTensors output
                 m.eval () |> ignore
                 use expected = m.forward x
                 expectClose 1e-6 "logits" o["logits"] expected
@@ -94,21 +94,21 @@ let tests =
                 Expect.sequenceEqual o["routing.3.index_1"].shape [| 2L; 18L |] "(B, N)"
                 // strict loading: a missing key is named
                 let partial = Path.Combine(dir, "partial.safetensors")
-                SafeTensors.write partial Map.empty [ for KeyValue(k, v) in m.state_dict () do if k <> "blocks.1.mlp.gate.w_gating" then yield k, v ]
+                writeSafeTensors partial Map.empty [ for KeyValue(k, v) in m.state_dict () do if k <> "blocks.1.mlp.gate.w_gating" then yield k, v ]
                 expectUsageError (sfmoe [ "forward"; "--model"; "sfmoe_test_patch8_32"; "--weights"; partial; "--input"; input; "--output"; output ]) "missing keys: blocks.1.mlp.gate.w_gating"
                 // a truncated weights file, an input without x, a bad input shape
                 let truncated = Path.Combine(dir, "t.safetensors")
                 File.WriteAllBytes(truncated, (File.ReadAllBytes weights)[0..200])
                 expectUsageError (sfmoe [ "forward"; "--model"; "sfmoe_test_patch8_32"; "--weights"; truncated; "--input"; input; "--output"; output ]) truncated
                 let noX = Path.Combine(dir, "nox.safetensors")
-                SafeTensors.write noX Map.empty [ "y", x ]
+                writeSafeTensors noX Map.empty [ "y", x ]
                 expectUsageError (sfmoe [ "forward"; "--model"; "sfmoe_test_patch8_32"; "--weights"; weights; "--input"; noX; "--output"; output ]) "no tensor named x (found: y)"
                 let badX = Path.Combine(dir, "badx.safetensors")
                 use x1 = torch.randn(2L, 1L, 32L, 32L)
-                SafeTensors.write badX Map.empty [ "x", x1 ]
+                writeSafeTensors badX Map.empty [ "x", x1 ]
                 expectUsageError (sfmoe [ "forward"; "--model"; "sfmoe_test_patch8_32"; "--weights"; weights; "--input"; badX; "--output"; output ]) "expected 3 channels (in_chans), got 1"
                 // the earlier output is intact after the failures (written atomically, never half-written)
-                use again = SafeTensors.read output
+                use again = readSafeTensors output
                 expectClose 1e-6 "logits still there" again["logits"] expected
                 let cfgFile = Path.Combine(dir, "bad.json")
                 File.WriteAllText(cfgFile, """{"model": "sfmoe_test_patch8_32", "moe": {"top_k": 3}}""")

@@ -27,10 +27,10 @@ let private vitOf (net: Networks.Network) =
     | _ -> failwith "not a ViT"
 
 /// Import a fixture into a network built from `cfg`, in eval mode.
-let private importInto (format: Import.Format) (path: string) (cfg: VitConfig) (experts: Upcycle.ExpertInit option) =
-    use src = Import.read format path
+let private importInto (format: ImportSource.Format) (path: string) (cfg: VitConfig) (experts: Upcycle.ExpertInit option) =
+    use src = readImport format path
     let net = vitNet cfg 7L
-    let report = Import.loadInto net src experts
+    let report = ImportLoad.loadInto net src experts
     net.Module.eval () |> ignore
     net, report
 
@@ -54,6 +54,38 @@ let private pk (parts: obj list) =
 let private noPid (_: PyValue) : PyValue = failwith "no persistent ids"
 
 let private sentinel = "/tmp/sfmoe-interop-pwned"
+
+/// A read-only stream that cannot seek (a network or pipe stream), over another stream.
+type private NonSeekable(inner: Stream) =
+    inherit Stream()
+    override _.CanRead = true
+    override _.CanSeek = false
+    override _.CanWrite = false
+    override _.Length = raise (NotSupportedException())
+    override _.Position
+        with get () = raise (NotSupportedException())
+        and set _ = raise (NotSupportedException())
+    override _.Flush() = ()
+    override _.Read(buffer: byte[], offset: int, count: int) = inner.Read(buffer, offset, count)
+    override _.Seek(_: int64, _: SeekOrigin) : int64 = raise (NotSupportedException())
+    override _.SetLength(_: int64) = raise (NotSupportedException())
+    override _.Write(_: byte[], _: int, _: int) = raise (NotSupportedException())
+
+/// The tensors of a source, for comparison.
+let private sameTensors (what: string) (a: (string * Tensor) list) (b: (string * Tensor) list) =
+    Expect.sequenceEqual (a |> List.map fst) (b |> List.map fst) (what + ": names in order")
+    for (n, x), (_, y) in List.zip a b do
+        Expect.isTrue (tensorsEqual x y) (sprintf "%s: %s" what n)
+
+/// Every cut of `bytes` at `cuts` read by `read` from a memory stream is a CheckpointException whose message starts
+/// with the name given to the reader (the unpickler's messages name the file without its folder).
+let private expectCutsRefused (name: string) (bytes: byte[]) (cuts: int list) (read: string -> Stream -> unit) =
+    for cut in cuts do
+        use ms = new MemoryStream(bytes[0 .. min (bytes.Length - 1) cut - 1])
+        let e = Expect.throwsC (fun () -> read name ms) id
+        Expect.isTrue (e :? SfMoe.CheckpointException) (sprintf "cut at %d: a CheckpointException (%s)" cut (e.GetType().Name))
+        let named = e.Message.StartsWith(name + ": ") || e.Message.StartsWith(Path.GetFileName name + ": ")
+        Expect.isTrue named (sprintf "cut at %d: names %s (%s)" cut name e.Message)
 
 // ------------------------------------------------------------------------------------------------------------------
 // The full-size cases: weights from the recipe documented in gen_interop_fixtures.py
@@ -185,8 +217,9 @@ let tests =
 
         testList "files" [
             test "a torch.save zip file and its legacy twin hold the same tensors as the safetensors file" {
-                use st = SafeTensors.read (interop "timm_tiny.safetensors")
-                use legacy = TorchFile.read (interop "timm_tiny_legacy.pth")
+                use st = readSafeTensors (interop "timm_tiny.safetensors")
+                use legacyFile = File.OpenRead(interop "timm_tiny_legacy.pth")
+                use legacy = TorchFile.read (interop "timm_tiny_legacy.pth") legacyFile
                 match legacy.Root with
                 | PyDict d ->
                     Expect.isTrue d.Ordered "an OrderedDict"
@@ -209,8 +242,9 @@ let tests =
                     use c = a.t()
                     use e = torch.zeros(0L, 2L)
                     use h = torch.randn(5L).to_type(torch.ScalarType.Float16)
-                    TorchFile.write path [ "a", a; "b", b; "c", c; "e", e; "h", h ]
-                    use ck = TorchFile.read path
+                    writeFile path (fun name -> TorchFile.write name [ "a", a; "b", b; "c", c; "e", e; "h", h ])
+                    use file = File.OpenRead path
+                    use ck = TorchFile.read path file
                     match ck.Root with
                     | PyDict d ->
                         Expect.sequenceEqual (d.Keys |> Seq.map (function PyStr s -> s | _ -> "")) [ "a"; "b"; "c"; "e"; "h" ] "order"
@@ -227,43 +261,117 @@ let tests =
             test "truncated or corrupt files are errors naming the file" {
                 let dir = Directory.CreateTempSubdirectory("sfmoe-io-").FullName
                 try
-                    let check (src: string) (cut: int) (format: Import.Format) =
+                    let check (src: string) (cut: int) (format: ImportSource.Format) =
                         let bytes = File.ReadAllBytes src
                         let path = Path.Combine(dir, sprintf "cut%d%s" cut (Path.GetExtension src))
                         File.WriteAllBytes(path, bytes[0 .. min (bytes.Length - 1) cut])
-                        let e = Expect.throwsC (fun () -> (Import.read format path :> IDisposable).Dispose()) id
+                        let e = Expect.throwsC (fun () -> (readImport format path :> IDisposable).Dispose()) id
                         Expect.stringContains e.Message (Path.GetFileName path) (sprintf "names the file (%s)" e.Message)
                     for cut in [ 10; 100; 1000; 50_000; 140_000 ] do
-                        check (interop "deit_tiny.pth") cut Import.Deit
+                        check (interop "deit_tiny.pth") cut ImportSource.Deit
                     for cut in [ 10; 200; 30_000; 63_000 ] do
-                        check (interop "timm_tiny_legacy.pth") cut Import.Timm
+                        check (interop "timm_tiny_legacy.pth") cut ImportSource.Timm
                     for cut in [ 10; 5000; 100_000 ] do
-                        check (interop "augreg_tiny.npz") cut Import.Augreg
+                        check (interop "augreg_tiny.npz") cut ImportSource.Augreg
                     for cut in [ 10; 1000; 200_000 ] do
-                        check (interop "sfmoe_dg_tiny.pkl") cut Import.SfMoeDg
+                        check (interop "sfmoe_dg_tiny.pkl") cut ImportSource.SfMoeDg
                     let junk = Path.Combine(dir, "junk.pth")
                     File.WriteAllText(junk, "hello")
-                    expectRefused "junk.pth: not a torch.save file" (fun () -> (Import.read Import.Deit junk :> IDisposable).Dispose())
+                    expectRefused "junk.pth: not a torch.save file" (fun () -> (readImport ImportSource.Deit junk :> IDisposable).Dispose())
                 finally
                     Directory.Delete(dir, true)
             }
             test "unsafe pickles are refused with the global's name and never run" {
                 if File.Exists sentinel then File.Delete sentinel
                 for file, format, fragment in
-                    [ "model.pkl", Import.SfMoeDg, "refused global argparse.Namespace in model.pkl"
-                      "os_system.pkl", Import.Deit, "refused global os.system in os_system.pkl"
-                      "posix_system.pth", Import.Deit, "refused global posix.system in posix_system.pth"
-                      "eval_protocol4.pkl", Import.Timm, "refused global builtins.eval in eval_protocol4.pkl" ] do
-                    expectRefused fragment (fun () -> (Import.read format (interop ("unsafe/" + file)) :> IDisposable).Dispose())
+                    [ "model.pkl", ImportSource.SfMoeDg, "refused global argparse.Namespace in model.pkl"
+                      "os_system.pkl", ImportSource.Deit, "refused global os.system in os_system.pkl"
+                      "posix_system.pth", ImportSource.Deit, "refused global posix.system in posix_system.pth"
+                      "eval_protocol4.pkl", ImportSource.Timm, "refused global builtins.eval in eval_protocol4.pkl" ] do
+                    expectRefused fragment (fun () -> (readImport format (interop ("unsafe/" + file)) :> IDisposable).Dispose())
                 Expect.isFalse (File.Exists sentinel) "nothing ran"
+            }
+        ]
+
+        testList "streams" [
+            test "safetensors: a write to a memory stream reads back the same tensors and metadata, and writes the same bytes" {
+                use a = torch.randn(3L, 4L)
+                use b = torch.arange(6L, dtype = torch.ScalarType.Int64)
+                use c = a.t ()
+                use e = torch.zeros(0L, 2L)
+                use h = torch.randn(5L).to_type(torch.ScalarType.BFloat16)
+                use m = torch.tensor([| true; false; true |])
+                let meta = Map.ofList [ "config", "{\"embed_dim\": 32}"; "format", "pt" ]
+                let tensors = [ "a", a; "b", b; "c", c; "e", e; "h", h; "m", m ]
+                use first = new MemoryStream()
+                SafeTensors.write "out/w.safetensors" meta tensors first
+                let bytes = first.ToArray()
+                use back = SafeTensors.read "w.safetensors" (new MemoryStream(bytes))
+                Expect.equal back.Metadata meta "metadata"
+                sameTensors "read back" back.Tensors tensors
+                use again = new MemoryStream()
+                SafeTensors.write "w.safetensors" back.Metadata back.Tensors again
+                Expect.sequenceEqual (again.ToArray()) bytes "the same bytes"
+                let onDisk = File.ReadAllBytes(interop "timm_tiny.safetensors")
+                use fromFile = readSafeTensors (interop "timm_tiny.safetensors")
+                use fromPipe = SafeTensors.read "pipe" (new NonSeekable(new MemoryStream(onDisk)))
+                sameTensors "a non-seekable stream" fromPipe.Tensors fromFile.Tensors
+                expectCutsRefused "given/name.safetensors" bytes [ 0; 7; 8; 20; bytes.Length - 1 ] (fun n s -> (SafeTensors.read n s :> IDisposable).Dispose())
+            }
+            test "torch.save: a write to a memory stream reads back the same tensors; the archive folder is named after the name" {
+                use a = torch.randn(3L, 4L)
+                use b = torch.arange(6L, dtype = torch.ScalarType.Int64)
+                use c = a.t ()
+                use h = torch.randn(5L).to_type(torch.ScalarType.Float16)
+                let tensors = [ "a", a; "b", b; "c", c; "h", h ]
+                use ms = new MemoryStream()
+                TorchFile.writeWrapped (Some "model") "runs/deit.small-v1.pth" tensors ms
+                let bytes = ms.ToArray()
+                do
+                    use zip = new Compression.ZipArchive(new MemoryStream(bytes), Compression.ZipArchiveMode.Read)
+                    for entry in zip.Entries do
+                        Expect.isTrue (entry.FullName.StartsWith "deit_small-v1/") entry.FullName
+                use src = ImportSource.read ImportSource.Deit "deit.small-v1.pth" (new MemoryStream(bytes))
+                sameTensors "read back" src.Tensors tensors
+                Expect.equal src.Info [] "nothing but the state dict"
+                use pipe = ImportSource.read ImportSource.Deit "pipe" (new NonSeekable(new MemoryStream(bytes)))
+                sameTensors "a non-seekable stream" pipe.Tensors tensors
+                expectCutsRefused "given/name.pth" bytes [ 0; 4; 100; bytes.Length / 2; bytes.Length - 1 ] (fun n s -> (TorchFile.read n s :> IDisposable).Dispose())
+                let legacy = File.ReadAllBytes(interop "timm_tiny_legacy.pth")
+                expectCutsRefused "given/legacy.pth" legacy [ 1; 200; legacy.Length - 1 ] (fun n s -> (ImportSource.read ImportSource.Timm n s :> IDisposable).Dispose())
+            }
+            test "npz and every import format read from streams as from files; cuts name the given name" {
+                for file, format in
+                    [ "augreg_tiny.npz", ImportSource.Augreg; "deit_tiny.pth", ImportSource.Deit; "timm_tiny_legacy.pth", ImportSource.Timm
+                      "timm_tiny.safetensors", ImportSource.Timm; "sfmoe_dg_tiny.pkl", ImportSource.SfMoeDg; "gmoe_tiny.pkl", ImportSource.GMoe ] do
+                    let bytes = File.ReadAllBytes(interop file)
+                    use fromFile = readImport format (interop file)
+                    use fromPipe = ImportSource.read format file (new NonSeekable(new MemoryStream(bytes)))
+                    sameTensors file fromPipe.Tensors fromFile.Tensors
+                    Expect.equal fromPipe.Renamed fromFile.Renamed (file + ": renamed")
+                    Expect.equal fromPipe.Name file (file + ": the given name")
+                let npz = File.ReadAllBytes(interop "augreg_tiny.npz")
+                expectCutsRefused "given/name.npz" npz [ 0; 10; npz.Length / 2; npz.Length - 1 ] (fun n s -> for _, t in Npz.read n s do t.Dispose())
+            }
+            test "export: both formats written to a stream import back as the network's state dict" {
+                use fx = readSafeTensors (interop "deit_tiny.expected.safetensors")
+                let cfg = { configOf fx with Pattern = Pattern.parseOrFail "F,S" }
+                let net = vitNet cfg 3L
+                use _ = net.Module
+                let expected = Export.stateDict net
+                for format, importAs in [ Export.TimmSafetensors, ImportSource.Timm; Export.PyTorchPth, ImportSource.Timm ] do
+                    use ms = new MemoryStream()
+                    Export.write format "export.bin" net (Map.ofList [ "note", "x" ]) ms
+                    use src = ImportSource.read importAs "export.bin" (new MemoryStream(ms.ToArray()))
+                    sameTensors (sprintf "%A" format) src.Tensors expected
             }
         ]
 
         testList "formats" [
             test "deit: torch.save({'model': sd}) of a distilled DeiT matches the reference" {
-                use fx = SafeTensors.read (interop "deit_tiny.expected.safetensors")
+                use fx = readSafeTensors (interop "deit_tiny.expected.safetensors")
                 let cfg = configOf fx
-                let net, r = importInto Import.Deit (interop "deit_tiny.pth") cfg None
+                let net, r = importInto ImportSource.Deit (interop "deit_tiny.pth") cfg None
                 use _ = net.Module
                 Expect.equal r.Loaded.Length 35 "every tensor loaded"
                 Expect.isEmpty r.Resampled "nothing resampled"
@@ -272,25 +380,25 @@ let tests =
                 expectClose 1e-5 "logits" y fx["expected.logits"]
             }
             test "deit at another image size: pos_embed resampled at import matches timm's resize_pos_embed" {
-                use fx = SafeTensors.read (interop "deit_tiny.expected.safetensors")
+                use fx = readSafeTensors (interop "deit_tiny.expected.safetensors")
                 let cfg = { configOf fx with ImgSize = 48 }
-                let net, r = importInto Import.Deit (interop "deit_tiny.pth") cfg None
+                let net, r = importInto ImportSource.Deit (interop "deit_tiny.pth") cfg None
                 use _ = net.Module
                 Expect.equal (r.Resampled |> List.map (fun (k, a, b) -> k, List.ofArray a, List.ofArray b)) [ "pos_embed", [ 1L; 18L; 32L ], [ 1L; 38L; 32L ] ] "resampled"
                 use y = logitsOf net fx["input.x48"]
                 expectClose 1e-5 "logits at 48x48" y fx["expected.logits48"]
             }
             test "half-precision checkpoints load into a float32 model, resampling included" {
-                use fx = SafeTensors.read (interop "deit_tiny.expected.safetensors")
+                use fx = readSafeTensors (interop "deit_tiny.expected.safetensors")
                 let dir = Directory.CreateTempSubdirectory("sfmoe-io-").FullName
                 try
                     let path = Path.Combine(dir, "half.pth")
                     do
-                        use src = Import.read Import.Deit (interop "deit_tiny.pth")
+                        use src = readImport ImportSource.Deit (interop "deit_tiny.pth")
                         let half = src.Tensors |> List.map (fun (n, t) -> n, t.to_type(torch.ScalarType.Float16))
-                        TorchFile.writeWrapped (Some "model") path half
+                        writeFile path (fun name -> TorchFile.writeWrapped (Some "model") name half)
                         for _, t in half do t.Dispose()
-                    let net, r = importInto Import.Deit path { configOf fx with ImgSize = 48 } None
+                    let net, r = importInto ImportSource.Deit path { configOf fx with ImgSize = 48 } None
                     use _ = net.Module
                     Expect.equal r.Resampled.Length 1 "pos_embed resampled"
                     use y = logitsOf net fx["input.x48"]
@@ -299,23 +407,23 @@ let tests =
                     Directory.Delete(dir, true)
             }
             test "timm: flat .safetensors and legacy-format .pth state dicts" {
-                use fx = SafeTensors.read (interop "timm_tiny.expected.safetensors")
+                use fx = readSafeTensors (interop "timm_tiny.expected.safetensors")
                 let cfg = configOf fx
                 for file in [ "timm_tiny.safetensors"; "timm_tiny_legacy.pth" ] do
-                    let net, r = importInto Import.Timm (interop file) cfg None
+                    let net, r = importInto ImportSource.Timm (interop file) cfg None
                     use _ = net.Module
                     Expect.isEmpty r.Ignored file
                     use y = logitsOf net fx["input.x"]
                     expectClose 1e-5 file y fx["expected.logits"]
             }
             test "augreg: Google's .npz (prefix, pre_logits, optimizer state) converts to timm's layout" {
-                use fx = SafeTensors.read (interop "augreg_tiny.expected.safetensors")
+                use fx = readSafeTensors (interop "augreg_tiny.expected.safetensors")
                 let cfg = configOf fx
-                use src = Import.read Import.Augreg (interop "augreg_tiny.npz")
+                use src = readImport ImportSource.Augreg (interop "augreg_tiny.npz")
                 Expect.equal src.Normalization.Name "inception" "augreg weights expect mean = std = 0.5"
                 let net = vitNet cfg 3L
                 use _ = net.Module
-                let r = Import.loadInto net src None
+                let r = ImportLoad.loadInto net src None
                 Expect.equal (r.Reinitialised |> List.map fst) [ "head.weight"; "head.bias" ] "head re-initialised (pre_logits)"
                 Expect.containsAll (r.Ignored |> List.map fst) [ "opt/target/pre_logits/kernel"; "opt/target/pre_logits/bias"; "opt/target/head/kernel"; "opt/target/head/bias"; "opt/state/step" ] "ignored"
                 Expect.contains r.Renamed ("opt/target/Transformer/encoderblock_1/MultiHeadDotProductAttention_1/key/kernel", "blocks.1.attn.qkv.weight") "qkv renamed"
@@ -325,10 +433,10 @@ let tests =
                 expectClose 1e-5 "features" o.Features fx["expected.features"]
             }
             test "augreg hybrid: R+ViT .npz (compressed) matches the reference, also at odd input sizes" {
-                use fx = SafeTensors.read (interop "augreg_hybrid_tiny.expected.safetensors")
+                use fx = readSafeTensors (interop "augreg_hybrid_tiny.expected.safetensors")
                 let cfg = configOf fx
                 Expect.isSome cfg.Hybrid "a hybrid config"
-                let net, r = importInto Import.Augreg (interop "augreg_hybrid_tiny.npz") cfg None
+                let net, r = importInto ImportSource.Augreg (interop "augreg_hybrid_tiny.npz") cfg None
                 use _ = net.Module
                 Expect.isEmpty r.Ignored "nothing ignored"
                 Expect.isEmpty r.Initialised "nothing left at init"
@@ -345,16 +453,16 @@ let tests =
                 expectClose 1e-5 "timm names" y3 fx["expected.logits2"]
             }
             test "sfmoe-dg: DomainBed's model.pkl with lucidrains MoE keys and numpy hparams" {
-                use fx = SafeTensors.read (interop "sfmoe_dg_tiny.expected.safetensors")
+                use fx = readSafeTensors (interop "sfmoe_dg_tiny.expected.safetensors")
                 let cfg = configOf fx
-                use src = Import.read Import.SfMoeDg (interop "sfmoe_dg_tiny.pkl")
+                use src = readImport ImportSource.SfMoeDg (interop "sfmoe_dg_tiny.pkl")
                 Expect.equal src.Algorithm (Some "SFMOE") "args.algorithm"
                 Expect.equal src.Dataset (Some "PACS") "args.dataset"
                 Expect.stringContains (src.Info |> List.find (fun (k, _) -> k = "model_hparams") |> snd) "dict" "hparams summarised"
                 Expect.isTrue (src.Renamed |> List.exists (fun (a, b) -> a = "model.blocks.1.mlp.experts.w1" && b = "blocks.1.mlp.experts.w1")) "model. prefix removed"
                 let net = vitNet cfg 3L
                 use _ = net.Module
-                let r = Import.loadInto net src None
+                let r = ImportLoad.loadInto net src None
                 Expect.isEmpty r.Initialised "the MoE keys are loaded"
                 net.Module.eval () |> ignore
                 use y = logitsOf net fx["input.x"]
@@ -365,12 +473,12 @@ let tests =
                 Expect.equal stated.NumClasses 5 "model_num_classes"
                 let big = vitNet stated 0L
                 use _ = big.Module
-                expectRefused "shape mismatch: cls_token: checkpoint [1, 1, 32], model [1, 1, 384]" (fun () -> Import.loadInto big src None |> ignore)
+                expectRefused "shape mismatch: cls_token: checkpoint [1, 1, 32], model [1, 1, 384]" (fun () -> ImportLoad.loadInto big src None |> ignore)
             }
             test "gmoe: DomainBed's model.pkl with tutel keys" {
-                use fx = SafeTensors.read (interop "gmoe_tiny.expected.safetensors")
+                use fx = readSafeTensors (interop "gmoe_tiny.expected.safetensors")
                 let cfg = configOf fx
-                let net, r = importInto Import.GMoe (interop "gmoe_tiny.pkl") cfg None
+                let net, r = importInto ImportSource.GMoe (interop "gmoe_tiny.pkl") cfg None
                 use _ = net.Module
                 Expect.equal (r.Ignored |> List.map fst) [ "model.blocks.0.mlp._num_global_experts" ] "tutel buffer ignored"
                 Expect.contains r.Renamed ("model.blocks.0.mlp.experts.batched_fc1_w", "blocks.0.mlp.experts.w1") "tutel renamed"
@@ -378,16 +486,16 @@ let tests =
                 expectClose 1e-5 "logits" y fx["expected.logits"]
             }
             test "the architecture is inferred from the tensors when no model is given" {
-                use src = Import.read Import.GMoe (interop "gmoe_tiny.pkl")
-                let c, notes = Import.inferConfig src
+                use src = readImport ImportSource.GMoe (interop "gmoe_tiny.pkl")
+                let c, notes = ImportInfer.inferConfig src
                 Expect.equal (Pattern.print c.Pattern) "S,F" "pattern from the MoE keys"
                 Expect.isTrue (match c.Moe.Router with CosineRouter _ -> true | LinearRouter -> false) "cosine router"
                 Expect.equal c.Moe.NumExperts 6 "E"
                 Expect.isTrue c.Moe.ExpertBias "expert biases"
                 Expect.equal (c.EmbedDim, c.Depth, c.ImgSize, c.PatchSize, c.NumClasses) (32, 2, 32, 8, 5) "dims"
                 Expect.exists notes (fun n -> n.Contains "num_heads") "the head count is an assumption"
-                use hy = Import.read Import.Augreg (interop "augreg_hybrid_tiny.npz")
-                let h, _ = Import.inferConfig hy
+                use hy = readImport ImportSource.Augreg (interop "augreg_hybrid_tiny.npz")
+                let h, _ = ImportInfer.inferConfig hy
                 Expect.equal h.Hybrid (Some { Layers = [ 1; 1 ]; Channels = [ 64; 128 ]; StemChannels = 16; NumGroups = 16 }) "hybrid stem (GroupNorm groups cannot be inferred: the most up to 32 that divide every width)"
                 Expect.equal h.ImgSize 32 "image size from the grid and the stride"
             }
@@ -395,14 +503,14 @@ let tests =
 
         testList "upcycling" [
             test "--experts copy puts the dense FFN in every expert; random keeps the init and drops it" {
-                use fx = SafeTensors.read (interop "deit_tiny.expected.safetensors")
+                use fx = readSafeTensors (interop "deit_tiny.expected.safetensors")
                 let dense = configOf fx
                 let sparse = { dense with Pattern = Pattern.parseOrFail "F,S"; Moe = { dense.Moe with NumExperts = 3 } }
-                use src = Import.read Import.Deit (interop "deit_tiny.pth")
+                use src = readImport ImportSource.Deit (interop "deit_tiny.pth")
                 let fc1 = src.Tensors |> List.find (fun (n, _) -> n = "blocks.1.mlp.fc1.weight") |> snd
                 let copy = vitNet sparse 5L
                 use _ = copy.Module
-                let r = Import.loadInto copy src (Some Upcycle.CopyDense)
+                let r = ImportLoad.loadInto copy src (Some Upcycle.CopyDense)
                 Expect.equal r.Upcycled [ "blocks.1.mlp.fc1.weight", "blocks.1.mlp.experts.w1"; "blocks.1.mlp.fc2.weight", "blocks.1.mlp.experts.w2" ] "upcycled"
                 Expect.equal (r.Ignored |> List.map fst) [ "blocks.1.mlp.fc1.bias"; "blocks.1.mlp.fc2.bias" ] "biases dropped (bias-free experts)"
                 Expect.equal (r.Initialised |> List.map fst) [ "blocks.1.mlp.gate.w_gating" ] "router at init"
@@ -415,41 +523,41 @@ let tests =
                 use _ = fresh.Module
                 let random = vitNet sparse 5L
                 use _ = random.Module
-                let r2 = Import.loadInto random src (Some Upcycle.KeepInit)
+                let r2 = ImportLoad.loadInto random src (Some Upcycle.KeepInit)
                 Expect.isEmpty r2.Upcycled "nothing copied"
                 Expect.equal (r2.Ignored |> List.map fst) [ "blocks.1.mlp.fc1.weight"; "blocks.1.mlp.fc1.bias"; "blocks.1.mlp.fc2.weight"; "blocks.1.mlp.fc2.bias" ] "dense FFN dropped"
                 for k in [ "blocks.1.mlp.experts.w1"; "blocks.1.mlp.experts.w2"; "blocks.1.mlp.gate.w_gating" ] do
                     Expect.isTrue (tensorsEqual ((vitOf random).get_parameter k) ((vitOf fresh).get_parameter k)) (k + " at its init")
-                Expect.equal (Import.defaultExperts sparse) Upcycle.KeepInit "SF-MoE default: random"
-                Expect.equal (Import.defaultExperts { sparse with Moe = MoeConfig.gmoe }) Upcycle.CopyDense "GMoE default: copy"
+                Expect.equal (ImportLoad.defaultExperts sparse) Upcycle.KeepInit "SF-MoE default: random"
+                Expect.equal (ImportLoad.defaultExperts { sparse with Moe = MoeConfig.gmoe }) Upcycle.CopyDense "GMoE default: copy"
             }
             test "copied experts with biases, both choices and no dropping compute the dense model exactly" {
-                use fx = SafeTensors.read (interop "deit_tiny.expected.safetensors")
+                use fx = readSafeTensors (interop "deit_tiny.expected.safetensors")
                 let dense = configOf fx
                 let sparse =
                     { dense with
                         Pattern = Pattern.parseOrFail "S,S"
                         Moe = { dense.Moe with NumExperts = 4; ExpertBias = true; SecondPolicy = SecondAll; CapacityEval = Dropless } }
-                let net, r = importInto Import.Deit (interop "deit_tiny.pth") sparse (Some Upcycle.CopyDense)
+                let net, r = importInto ImportSource.Deit (interop "deit_tiny.pth") sparse (Some Upcycle.CopyDense)
                 use _ = net.Module
                 Expect.equal r.Upcycled.Length 8 "weights and biases of two blocks"
                 use y = logitsOf net fx["input.x"]
                 expectClose 1e-5 "renormalised top-2 gates sum to 1 over identical experts" y fx["expected.logits"]
             }
             test "shape mismatches, missing and unexpected keys fail the whole import and name them" {
-                use fx = SafeTensors.read (interop "deit_tiny.expected.safetensors")
+                use fx = readSafeTensors (interop "deit_tiny.expected.safetensors")
                 let cfg = configOf fx
-                use src = Import.read Import.Deit (interop "deit_tiny.pth")
+                use src = readImport ImportSource.Deit (interop "deit_tiny.pth")
                 let wide = vitNet { cfg with EmbedDim = 48; NumHeads = 4 } 0L
                 use _ = wide.Module
-                expectRefused "shape mismatch: cls_token: checkpoint [1, 1, 32], model [1, 1, 48]" (fun () -> Import.loadInto wide src None |> ignore)
+                expectRefused "shape mismatch: cls_token: checkpoint [1, 1, 32], model [1, 1, 48]" (fun () -> ImportLoad.loadInto wide src None |> ignore)
                 let plain = vitNet { cfg with Distilled = false } 0L
                 use _ = plain.Module
-                expectRefused "the checkpoint is a distilled DeiT" (fun () -> Import.loadInto plain src None |> ignore)
+                expectRefused "the checkpoint is a distilled DeiT" (fun () -> ImportLoad.loadInto plain src None |> ignore)
                 let deep = vitNet { cfg with Depth = 3; Pattern = Pattern.dense 3 } 0L
                 use _ = deep.Module
                 let before = (vitOf deep).get_parameter("blocks.0.norm1.weight").clone()
-                expectRefused "missing in the checkpoint: blocks.2.norm1.weight" (fun () -> Import.loadInto deep src None |> ignore)
+                expectRefused "missing in the checkpoint: blocks.2.norm1.weight" (fun () -> ImportLoad.loadInto deep src None |> ignore)
                 Expect.isTrue (tensorsEqual before ((vitOf deep).get_parameter "blocks.0.norm1.weight")) "nothing copied"
             }
         ]
@@ -499,23 +607,23 @@ let tests =
         testList "export" [
             test "an export loads in PyTorch: torch.load(weights_only=True) and load_state_dict(strict=True) (needs python3-torch)" {
                 if not pythonTorch.Value then skiptest "python3-torch is not installed here (Debian: apt-get install python3-torch)"
-                use fx = SafeTensors.read (interop "deit_tiny.expected.safetensors")
+                use fx = readSafeTensors (interop "deit_tiny.expected.safetensors")
                 let cfg = configOf fx
                 let dir = Directory.CreateTempSubdirectory("sfmoe-export-").FullName
                 try
                     for name, c in [ "dense", cfg; "sparse", { cfg with Pattern = Pattern.parseOrFail "F,S"; Moe = { cfg.Moe with SecondPolicy = SecondAll } } ] do
-                        let net, _ = importInto Import.Deit (interop "deit_tiny.pth") c (Some Upcycle.CopyDense)
+                        let net, _ = importInto ImportSource.Deit (interop "deit_tiny.pth") c (Some Upcycle.CopyDense)
                         use _ = net.Module
                         let pth = Path.Combine(dir, name + ".pth")
                         let st = Path.Combine(dir, name + ".safetensors")
-                        Export.write Export.PyTorchPth pth net Map.empty
-                        Export.write Export.TimmSafetensors st net (Map.ofList [ "sfmoe_model_config", ConfigJson.toJson false c ])
+                        writeFile pth (fun name -> Export.write Export.PyTorchPth name net Map.empty)
+                        writeFile st (fun name -> Export.write Export.TimmSafetensors name net (Map.ofList [ "sfmoe_model_config", ConfigJson.toJson false c ]))
                         let args = [ "verify-export"; "--pth"; pth; "--tensors"; st ]
                         let args =
                             if name = "dense" then
                                 let check = Path.Combine(dir, "check.safetensors")
                                 use y = logitsOf net fx["input.x"]
-                                SafeTensors.write check (Map.ofList [ "config", ConfigJson.toJson false c ]) [ "input.x", fx["input.x"]; "expected.logits", y ]
+                                writeSafeTensors check (Map.ofList [ "config", ConfigJson.toJson false c ]) [ "input.x", fx["input.x"]; "expected.logits", y ]
                                 args @ [ "--check"; check ]
                             else args
                         let code, out = runPython args
@@ -534,7 +642,7 @@ let tests =
                     Expect.equal r.Code 0 r.Err
                     for fragment in [ "resampled: 1"; "pos_embed [1, 18, 32] -> [1, 38, 32]"; "re-initialised: 4"; "head.weight (the checkpoint has 5 classes, the model 3)"
                                       "initialised: 3"; "blocks.1.mlp.gate.w_gating (router"; "ignored: 4"; "blocks.1.mlp.fc1.weight (dense FFN of block 1"
-                                      "normalization: imagenet"; "wrote " + out ] do
+                                      "normalization: imagenet"; "wrote " + out; "tensors (--verbose lists them)" ] do
                         Expect.stringContains r.Out fragment fragment
                     let j = CliTests.sfmoe [ "import"; "--from"; "deit"; interop "deit_tiny.pth"; "-o"; out; "--model-config"; cfgFile; "--experts"; "copy"; "--json" ]
                     Expect.equal j.Code 0 j.Err
@@ -544,7 +652,8 @@ let tests =
                     let pth = Path.Combine(dir, "m.pth")
                     let e = CliTests.sfmoe [ "export"; "--checkpoint"; out; "--format"; "pytorch"; "--output"; pth ]
                     Expect.equal e.Code 0 e.Err
-                    use ck = TorchFile.read pth
+                    use file = File.OpenRead pth
+                    use ck = TorchFile.read pth file
                     match ck.Root with
                     | PyDict d -> Expect.isSome (d.TryFind "blocks.1.mlp.experts.w1") "lucidrains layout"
                     | _ -> failtest "an OrderedDict"
@@ -563,16 +672,16 @@ let tests =
 
         testList "full-size (slow)" [
             test "slow: DeiT-S distilled (22M parameters) from a torch.save file matches the reference" {
-                use fx = SafeTensors.read (interop "slow_deit_small.expected.safetensors")
+                use fx = readSafeTensors (interop "slow_deit_small.expected.safetensors")
                 let weights = recipeTensors fx.Metadata
                 let dir = Directory.CreateTempSubdirectory("sfmoe-slow-").FullName
                 try
                     let path = Path.Combine(dir, "deit_small_distilled_patch16_224.pth")
                     // DeiT's release layout: torch.save({'model': state_dict}).
-                    TorchFile.writeWrapped (Some "model") path weights
+                    writeFile path (fun name -> TorchFile.writeWrapped (Some "model") name weights)
                     for _, t in weights do t.Dispose()
                     let cfg = Registry.tryCreate "deit_small_distilled_patch16_224" |> Result.defaultWith failwith
-                    let net, r = importInto Import.Deit path cfg None
+                    let net, r = importInto ImportSource.Deit path cfg None
                     use _ = net.Module
                     Expect.equal r.Loaded.Length 155 "every tensor"
                     use x = recipeInput fx.Metadata
@@ -582,18 +691,18 @@ let tests =
                     Directory.Delete(dir, true)
             }
             test "slow: torchvision ResNet-50 for the ERM baseline matches torchvision" {
-                use fx = SafeTensors.read (interop "slow_resnet50.expected.safetensors")
+                use fx = readSafeTensors (interop "slow_resnet50.expected.safetensors")
                 let weights = recipeTensors fx.Metadata
                 let dir = Directory.CreateTempSubdirectory("sfmoe-slow-").FullName
                 try
                     let path = Path.Combine(dir, "resnet50.pth")
-                    TorchFile.write path weights
+                    writeFile path (fun name -> TorchFile.write name weights)
                     for _, t in weights do t.Dispose()
-                    use src = Import.read Import.Torchvision path
+                    use src = readImport ImportSource.Torchvision path
                     torch.manual_seed 0L |> ignore
                     let net = Networks.resnet Dd.cpu 3 1000 0.0
                     use _ = net.Module
-                    let r = Import.loadInto net src None
+                    let r = ImportLoad.loadInto net src None
                     Expect.isEmpty r.Reinitialised "1000 classes: fc loaded into the classifier"
                     Expect.contains r.Renamed ("fc.weight", "classifier.weight") "fc -> classifier"
                     net.SetTraining false

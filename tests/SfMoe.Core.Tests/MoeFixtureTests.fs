@@ -32,7 +32,7 @@ let private layerConfig (meta: JsonElement) : VitConfig * bool =
 
 let private layerCase (case: string) =
     test case {
-        use fx = SafeTensors.read (fixture (sprintf "moe/%s.safetensors" case))
+        use fx = readSafeTensors (fixture (sprintf "moe/%s.safetensors" case))
         let c, training = layerConfig (fixtureConfig fx)
         let p = Moe.init c Dd.cpu (Some(generator 0L Dd.cpu))
         let tree = Layers.node (Moe.tree p)
@@ -66,7 +66,7 @@ let private layerCase (case: string) =
 
 let private modelCase (case: string) (ignored: string list) =
     test case {
-        use fx = SafeTensors.read (fixture (sprintf "moe/%s.safetensors" case))
+        use fx = readSafeTensors (fixture (sprintf "moe/%s.safetensors" case))
         let c = ConfigJson.parse Registry.tryCreate fx.Metadata["config"]
         use m = new Vit.SfMoeVit(c, Dd.cpu, Some 0L)
         let mapped = KeyMap.fromAuthors [ for n, t in fx.Tensors do if not (n.StartsWith "input." || n.StartsWith "expected.") then yield n, t ]

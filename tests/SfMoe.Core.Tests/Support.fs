@@ -30,6 +30,22 @@ let expectClose (tol: float) (what: string) (actual: Tensor) (expected: Tensor) 
     let e = relErr actual expected
     Expect.isLessThan e tol (sprintf "%s: relative error %g (tolerance %g)" what e tol)
 
+/// The stream codecs over files, for tests (the library's files go through the host's TensorFiles and AtomicFile):
+/// the path is the name the codecs' messages start with.
+let readFile (path: string) (read: string -> Stream -> 'T) : 'T =
+    use s = File.OpenRead path
+    read path s
+
+/// Writes a scratch file in place with a stream codec.
+let writeFile (path: string) (write: string -> Stream -> unit) : unit =
+    use s = File.Create path
+    write path s
+
+let readSafeTensors (path: string) = readFile path SafeTensors.read
+let writeSafeTensors (path: string) (metadata: Map<string, string>) (tensors: (string * Tensor) list) =
+    writeFile path (fun name -> SafeTensors.write name metadata tensors)
+let readImport (format: ImportSource.Format) (path: string) = readFile path (ImportSource.read format)
+
 /// The JSON "config" metadata entry of a fixture file.
 let fixtureConfig (c: SafeTensors.Contents) : JsonElement =
     (JsonDocument.Parse(c.Metadata["config"])).RootElement

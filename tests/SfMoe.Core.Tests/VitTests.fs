@@ -30,7 +30,7 @@ let private tiny =
 
 let private parity (case: string) =
     test (sprintf "matches the PyTorch reference: %s" case) {
-        use fx = SafeTensors.read (fixture (sprintf "vit/%s.safetensors" case))
+        use fx = readSafeTensors (fixture (sprintf "vit/%s.safetensors" case))
         let cfg = configOf fx
         use m = new SfMoeVit(cfg)
         let report = Weights.load true m (weightsOf fx)
@@ -54,7 +54,7 @@ let tests =
         testList "fixture parity" [ for c in [ "plain"; "distilled"; "resample"; "grayscale" ] -> parity c ]
 
         test "strict loading names missing, unexpected and mis-shaped keys" {
-            use fx = SafeTensors.read (fixture "vit/plain.safetensors")
+            use fx = readSafeTensors (fixture "vit/plain.safetensors")
             use m = new SfMoeVit({ configOf fx with NumClasses = 6 })
             let ws = weightsOf fx |> List.filter (fun (n, _) -> n <> "norm.bias")
             use extra = torch.zeros(3L)

@@ -102,9 +102,10 @@ public class InteropTests : IDisposable
         var before = net.Module.state_dict()["blocks.1.mlp.experts.w1"].clone();
         var report = Pretrained.LoadInto(net, Fixture("deit_tiny.pth"), "deit");
         Assert.Equal("imagenet", report.NormalizationName);
-        Assert.Contains(report.Initialised, k => k.Key == "blocks.1.mlp.experts.w1" && k.Reason.Contains("--experts random"));
+        Assert.Contains(report.Initialised, k => k.Key == "blocks.1.mlp.experts.w1" && k.Reason.Contains("experts: random"));
         Assert.True(Same(before, net.Module.state_dict()["blocks.1.mlp.experts.w1"]), "SF-MoE default: experts keep the network's init");
         Assert.Contains(report.Lines(), l => l.StartsWith("ignored: 4"));
+        Assert.Contains(report.Lines(), l => l.StartsWith("loaded: ") && l.EndsWith(" tensors (Lines(verbose: true) lists them)"));
         var ex = Assert.ThrowsAny<SfMoeException>(() => Pretrained.LoadInto(net, Fixture("unsafe/posix_system.pth"), "deit"));
         Assert.Contains("refused global posix.system in posix_system.pth", ex.Message);
         ex = Assert.ThrowsAny<SfMoeException>(() => Pretrained.LoadInto(net, Fixture("deit_tiny.pth"), "keras"));

@@ -28,7 +28,7 @@ public sealed record ModelHeader(
 
 /// <summary>
 /// A model checkpoint: one .safetensors file holding the network's state dict (timm names for ViTs) and a
-/// header describing it. PyTorch reads it with safetensors.torch.load_file. Written to a temporary file and renamed.
+/// header describing it. PyTorch reads it with safetensors.torch.load_file. Written through the host's atomic writer.
 /// </summary>
 public static class ModelFile
 {
@@ -62,7 +62,7 @@ public static class ModelFile
     internal static void Save(string path, Networks.Network net, ModelHeader header, IReadOnlyDictionary<string, string>? extra = null)
     {
         var tensors = net.Module.state_dict().Select(kv => Tuple.Create(kv.Key, kv.Value));
-        SafeTensors.write(path, Metadata(header, extra), ListModule.OfSeq(tensors));
+        TensorFiles.WriteSafeTensors(path, Metadata(header, extra), tensors);
     }
 
     /// <summary>Reads a model file's header. The message of any error names the file and the key at fault.</summary>
@@ -86,8 +86,7 @@ public static class ModelFile
     /// <exception cref="SfMoeException">Missing, truncated or foreign file; missing or mis-shaped keys.</exception>
     internal static (Networks.Network Net, ModelHeader Header) Load(string path, string device = "cpu")
     {
-        if (!File.Exists(path)) throw new CheckpointException($"{path}: file not found");
-        using var contents = SafeTensors.read(path);
+        using var contents = TensorFiles.ReadSafeTensors(path);
         var header = ReadHeader(path, contents.Metadata.ToDictionary(kv => kv.Key, kv => kv.Value));
         var net = Networks.build(Architecture(header), Tensors.DdModule.ofString(device), 0, 0.0);
         try { Weights.load(true, net.Module, contents.Tensors); }

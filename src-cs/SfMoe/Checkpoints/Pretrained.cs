@@ -2,8 +2,9 @@ using Microsoft.FSharp.Collections;
 using Microsoft.FSharp.Core;
 using SfMoe.Core;
 using TorchSharp;
-using CoreImport = SfMoe.Core.Import;
 using CoreExport = SfMoe.Core.Export;
+using CoreImport = SfMoe.Core.ImportSource;
+using CoreImportReport = SfMoe.Core.ImportReport;
 
 namespace SfMoe.Checkpoints;
 
@@ -43,10 +44,10 @@ public sealed record KeyMapping(string From, string To);
 /// <summary>A resampled position embedding: key, checkpoint shape, model shape.</summary>
 public sealed record KeyResample(string Key, long[] From, long[] To);
 
-/// <summary>What an import did with every key (see <c>SfMoe.Core.Import</c>).</summary>
+/// <summary>What an import did with every key (see <c>SfMoe.Core.ImportLoad</c>).</summary>
 public sealed class ImportReport
 {
-    internal ImportReport(CoreImport.Report r, CoreImport.Normalization expected, string format, IEnumerable<string>? notes = null)
+    internal ImportReport(CoreImportReport.Report r, CoreImport.Normalization expected, string format, IEnumerable<string>? notes = null)
     {
         Raw = r;
         Format = format;
@@ -64,7 +65,7 @@ public sealed class ImportReport
         NormalizationName = expected.Name;
     }
 
-    internal CoreImport.Report Raw { get; }
+    internal CoreImportReport.Report Raw { get; }
     /// <summary>The checkpoint format.</summary>
     public string Format { get; }
     /// <summary>Model keys copied unchanged.</summary>
@@ -93,11 +94,15 @@ public sealed class ImportReport
     public string NormalizationName { get; }
 
     /// <summary>The report as text lines; <paramref name="verbose"/> lists every loaded and renamed key.</summary>
-    public IReadOnlyList<string> Lines(bool verbose = false)
+    public IReadOnlyList<string> Lines(bool verbose = false) => Lines(verbose, "Lines(verbose: true) lists them");
+
+    /// <summary>The report as text lines; without <paramref name="verbose"/>, the counts of loaded and renamed keys
+    /// come with <paramref name="listHint"/>, which says how to list them (the command line names its flag).</summary>
+    internal IReadOnlyList<string> Lines(bool verbose, string listHint)
     {
-        var r = new CoreImport.Report(Raw.Loaded, Raw.Renamed, Raw.Resampled, Raw.Reinitialised, Raw.Upcycled, Raw.Initialised,
+        var r = new CoreImportReport.Report(Raw.Loaded, Raw.Renamed, Raw.Resampled, Raw.Reinitialised, Raw.Upcycled, Raw.Initialised,
                                   Raw.Ignored, Raw.Info, ListModule.OfSeq(Notes));
-        return CoreImport.describeReport(verbose, r).ToList();
+        return CoreImportReport.describe(listHint, verbose, r).ToList();
     }
 }
 
@@ -106,7 +111,7 @@ public sealed record ImportResult(string OutputPath, ModelHeader Header, ImportR
 
 /// <summary>
 /// Pretrained weights from PyTorch checkpoints into SfMoe, and back out. Formats: deit, timm, augreg, sfmoe-dg, gmoe,
-/// torchvision (see <c>SfMoe.Core.Import</c>); export: timm (.safetensors) or pytorch (torch.save .pth). PyTorch pickles
+/// torchvision (see <c>SfMoe.Core.ImportSource</c>); export: timm (.safetensors) or pytorch (torch.save .pth). PyTorch pickles
 /// are read without executing anything: any global other than the tensor-rebuild functions, storage types and
 /// OrderedDict is refused with an error naming it.
 /// </summary>
@@ -142,11 +147,10 @@ public static class Pretrained
     };
 
     /// <summary>Reads a checkpoint into memory under SfMoe's names (the caller disposes it).</summary>
-    internal static Import.Source Read(string path, string format)
+    internal static CoreImport.Source Read(string path, string format)
     {
         var fmt = ParseFormat(format);
-        if (!File.Exists(path)) throw new CheckpointException($"{path}: file not found");
-        return CoreImport.read(fmt, path);
+        return TensorFiles.Read(path, (name, stream) => CoreImport.read(fmt, name, stream));
     }
 
     /// <summary>
@@ -164,7 +168,7 @@ public static class Pretrained
     {
         var mode = CoreExperts(experts);
         using var src = Read(path, format);
-        var r = CoreImport.loadInto(network, src, mode);
+        var r = ImportLoad.loadInto(network, src, mode);
         return new ImportReport(r, src.Normalization, format);
     }
 
@@ -191,7 +195,7 @@ public static class Pretrained
         int? numClasses = options.NumClasses;
         if (src.IsResNet || options.Model == "resnet50")
         {
-            if (!src.IsResNet) throw new CheckpointException($"{inputPath} is not a ResNet-50 checkpoint; resnet50 takes --from torchvision or a DomainBed ERM model.pkl");
+            if (!src.IsResNet) throw new CheckpointException($"{inputPath} is not a ResNet-50 checkpoint; resnet50 takes the format torchvision or a DomainBed ERM model.pkl");
             if (options.Model is not null && options.Model != "resnet50" || options.ModelConfigJson is not null)
                 throw new CheckpointException($"{inputPath} is a ResNet-50 checkpoint: the model is resnet50");
             var cls = src.Tensors.FirstOrDefault(t => t.Item1 == "classifier.weight");
@@ -208,7 +212,7 @@ public static class Pretrained
         }
         else
         {
-            var inferred = CoreImport.inferConfig(src);
+            var inferred = ImportInfer.inferConfig(src);
             source = ModelSpec.Source.NewGiven(Config.Architecture.NewVitArch(inferred.Item1));
             notes.AddRange(inferred.Item2);
             modelName = "inferred from the checkpoint";
@@ -219,7 +223,7 @@ public static class Pretrained
         var (inChans, imgSize) = (Config.ArchitectureModule.inChans(arch), Config.ArchitectureModule.imgSize(arch));
         numClasses = Config.ArchitectureModule.numClasses(arch);
         using var _ = net.Module;
-        var report = CoreImport.loadInto(net, src, mode);
+        var report = ImportLoad.loadInto(net, src, mode);
         var expected = norm ?? src.Normalization;
         var classNames = options.ClassNames ?? Enumerable.Range(0, numClasses.Value).Select(i => $"class{i}").ToList();
         if (classNames.Count != numClasses) throw new CheckpointException($"{classNames.Count} class names for {numClasses} classes");
@@ -260,6 +264,7 @@ public static class Pretrained
             ["moe_layout"] = "lucidrains: mlp.gate.w_gating [D,E], mlp.experts.w1 [E,D,H], mlp.experts.w2 [E,H,D], y = gelu(x @ w1[e]) @ w2[e]",
         };
         if (header.ModelConfigJson is not null) meta["sfmoe_model_config"] = header.ModelConfigJson;
-        CoreExport.write(fmt, outputPath, net, MapModule.OfSeq(meta.Select(kv => Tuple.Create(kv.Key, kv.Value))));
+        var metadata = MapModule.OfSeq(meta.Select(kv => Tuple.Create(kv.Key, kv.Value)));
+        TensorFiles.Write(outputPath, (name, stream) => CoreExport.write(fmt, name, net, metadata, stream));
     }
 }

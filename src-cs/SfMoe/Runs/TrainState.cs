@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Microsoft.FSharp.Collections;
+using SfMoe.Checkpoints;
 using SfMoe.Core;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -26,13 +27,13 @@ internal static class TrainState
             ["results"] = JsonSerializer.Serialize(lines),
             ["args"] = args.ToJsonString(),
         };
-        SafeTensors.write(path, MapModule.OfSeq(meta.Select(kv => Tuple.Create(kv.Key, kv.Value))), ListModule.OfSeq(tensors));
+        TensorFiles.WriteSafeTensors(path, meta, tensors);
     }
 
     public static (int NextStep, List<string> Lines, JsonObject Args) Load(string path, Train.Learner learner)
     {
         SafeTensors.Contents c;
-        try { c = SafeTensors.read(path); }
+        try { c = TensorFiles.ReadSafeTensors(path); }
         catch (CheckpointException e) { throw new RunException($"cannot resume: {e.Message}", e); }
         using var _ = c;
         var meta = c.Metadata;
