@@ -44,15 +44,15 @@ let main argv =
         else
             Core.Native.ensure ()
             match results.TryGetSubCommand() with
-            | Some(Command.Pattern a) -> pattern a
-            | Some(Models a) -> models a
-            | Some(Summary a) -> summary a
-            | Some(Train a) -> train a
-            | Some(Collect a) -> SweepCommands.collect a
-            | Some(Evaluate a) -> evaluate a
-            | Some(Predict a) -> predict a
-            | Some(Download a) -> download a
-            | Some(Forward a) -> forward a
+            | Some(Command.Pattern a) -> PatternCommands.pattern a
+            | Some(Models a) -> ModelCommands.models a
+            | Some(Summary a) -> ModelCommands.summary a
+            | Some(Train a) -> TrainCommands.train a
+            | Some(Collect a) -> CollectCommands.collect a
+            | Some(Evaluate a) -> TrainCommands.evaluate a
+            | Some(Predict a) -> TrainCommands.predict a
+            | Some(Download a) -> DownloadCommands.download a
+            | Some(Forward a) -> ModelCommands.forward a
             | Some(Import a) -> InteropCommands.import a
             | Some(Export a) -> InteropCommands.export a
             | Some(Sweep a) -> SweepCommands.sweep a trainArgs
@@ -67,9 +67,9 @@ let main argv =
             | Some(Profile a) -> AnalysisCommands.profile a
             | Some(Bench b) ->
                 match b.TryGetSubCommand() with
-                | Some(BenchArgs.Moe a) -> benchMoe a
-                | Some(BenchArgs.Step a) -> benchStep a
-                | Some(BenchArgs.Train a) -> benchTrain a
+                | Some(BenchCommands.Moe a) -> BenchCommands.benchMoe a
+                | Some(BenchCommands.Step a) -> BenchCommands.benchStep a
+                | Some(BenchCommands.Train a) -> BenchCommands.benchTrain a
                 | None -> error "bench needs a benchmark: moe, step or train (see 'sfmoe bench --help')"
             | _ ->
                 Console.Error.WriteLine(parser.PrintUsage())

@@ -7,6 +7,7 @@ open Argu
 open SfMoe
 open SfMoe.Runs.Sweeps
 open SfMoe.Cli.Output
+open SfMoe.Cli.Inputs
 open SfMoe.Cli.SweepArgs
 
 /// `sfmoe sweep ... -- TRAIN OPTIONS`: the words after the first "--" are extra `sfmoe train` options for every job.
@@ -36,7 +37,7 @@ let selfCommand (given: string option) : string[] =
 let private validateTrainArgs (extra: string[]) =
     if extra.Length > 0 then
         try
-            ArgumentParser.Create<Commands.TrainArgs>(programName = "sfmoe train")
+            ArgumentParser.Create<TrainArgs.TrainArgs>(programName = "sfmoe train")
                 .ParseCommandLine(Array.append extra [| "--output-dir"; "x" |], raiseOnUsage = true) |> ignore
         with :? ArguParseException as e ->
             fail "extra train options (after --): %s" ((e.Message.Split('\n') |> Array.head).Replace("ERROR: ", ""))
@@ -131,8 +132,6 @@ let private statusJson (st: SweepStatus) =
                 slurm_task = s.SlurmTask
                 log = s.Log; error = s.LastError; dataset = s.Job.Dataset; algorithm = s.Job.Algorithm; test_envs = s.Job.TestEnvs
                 hparams_seed = s.Job.HparamsSeed; trial_seed = s.Job.TrialSeed; seed = s.Job.Seed } ] |}
-
-let private positive name (v: int) = if v < 1 then fail "--%s must be >= 1, got %d" name v else v
 
 let private waitFor (m: SweepManifest) (timeout: int option) (poll: float) =
     if poll <= 0.0 then fail "--poll must be > 0, got %g" poll
@@ -298,45 +297,3 @@ let sweep (a: ParseResults<SweepArgs>) (extra: string[]) =
     | Some(SweepArgs.Wait w) -> wait w
     | Some(SweepArgs.Delete_Incomplete d) -> deleteIncomplete d
     | None -> fail "sweep needs a command: launch, status, wait or delete-incomplete (see 'sfmoe sweep --help')"
-
-/// The jobs of a sweep that are not done, for `sfmoe collect` on a sweep folder: failed and killed jobs are listed
-/// (with Slurm's state and the last error of their log), not silently left out of the tables.
-let sweepReport (dir: string) =
-    let st = Sweep.Status(SweepManifest.Load dir, slurmClient ())
-    [ yield sprintf "Sweep (%s): %s" SweepManifest.FileName st.Summary
-      for s in st.Jobs do
-          if s.State <> JobState.Done then
-              let extra =
-                  [ (if s.State = JobState.Incomplete then Some s.Progress else None)
-                    Option.ofObj s.SchedulerText |> Option.map (fun t -> "Slurm " + t)
-                    Option.ofObj s.LastError
-                    (if isNull s.Log then None else Some("log: " + s.Log)) ]
-                  |> List.choose id
-              yield sprintf "%s: %s %s%s" (JobStatus.Name s.State) s.Job.Id (s.Job.Describe())
-                        (if extra.IsEmpty then "" else ": " + String.Join("; ", extra))
-      for n in st.Notes do yield "note: " + n ]
-
-/// `sfmoe collect`, followed, on a sweep's folder, by the sweep's jobs that are not done.
-let collect (a: ParseResults<Commands.CollectArgs>) =
-    let dir = a.GetResult Commands.CollectArgs.Input_Dir
-    let format = a.GetResult(Commands.CollectArgs.Format, defaultValue = "markdown").Trim().ToLowerInvariant()
-    let report (toStderr: bool) =
-        if Directory.Exists dir && SweepManifest.Exists dir then
-            let lines = sweepReport dir
-            if toStderr then for l in lines do eprintfn "%s" l
-            else
-                match format with
-                | "markdown" ->
-                    Console.WriteLine()
-                    Console.WriteLine "## Sweep"
-                    Console.WriteLine()
-                    for l in lines do Console.WriteLine("- " + l)
-                | "latex" -> for l in lines do Console.WriteLine("% " + l)
-                | _ -> for l in lines do Console.WriteLine("-------- " + l)
-    let code =
-        try Commands.collect a
-        with _ ->
-            (try report true with _ -> ())
-            reraise ()
-    report (format = "csv" || format = "json")
-    code
