@@ -8,7 +8,7 @@ type Command =
     | [<CliPrefix(CliPrefix.None)>] Pattern of ParseResults<PatternCommands.PatternArgs>
     | [<CliPrefix(CliPrefix.None)>] Models of ParseResults<ModelCommands.ModelsArgs>
     | [<CliPrefix(CliPrefix.None)>] Summary of ParseResults<ModelCommands.SummaryArgs>
-    | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainArgs.TrainArgs>
+    | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<TrainFlags.TrainArgs>
     | [<CliPrefix(CliPrefix.None)>] Evaluate of ParseResults<TrainCommands.EvaluateArgs>
     | [<CliPrefix(CliPrefix.None)>] Predict of ParseResults<TrainCommands.PredictArgs>
     | [<CliPrefix(CliPrefix.None)>] Collect of ParseResults<CollectCommands.CollectArgs>

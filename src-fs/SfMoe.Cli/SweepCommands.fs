@@ -33,14 +33,19 @@ let selfCommand (given: string option) : string[] =
     if Path.IsPathRooted cmd[0] && not (File.Exists cmd[0]) then fail "the sfmoe command %s does not exist" cmd[0]
     cmd
 
-/// Checks extra train options with `sfmoe train`'s own parser, so a typo fails here rather than in every job.
+/// How sweep jobs run `sfmoe train`: the command's name from the top-level schema, the flags from TrainFlags.fs.
+let commandLine =
+    let train = ArgumentParser.Create<Commands.Command>().GetArgumentCaseInfo(<@ Commands.Train @>)
+    TrainFlags.TrainCommandLine([ ApiNames.flagOf train ], TrainFlags.flags)
+
+/// Checks extra train options with `sfmoe train`'s own parser, so a typo fails here rather than in every job, and
+/// refuses those the sweep sets itself.
 let private validateTrainArgs (extra: string[]) =
     if extra.Length > 0 then
-        try
-            ArgumentParser.Create<TrainArgs.TrainArgs>(programName = "sfmoe train")
-                .ParseCommandLine(Array.append extra [| "--output-dir"; "x" |], raiseOnUsage = true) |> ignore
+        try TrainFlags.parser.ParseCommandLine(extra, ignoreMissing = true, raiseOnUsage = true) |> ignore
         with :? ArguParseException as e ->
             fail "extra train options (after --): %s" ((e.Message.Split('\n') |> Array.head).Replace("ERROR: ", ""))
+        TrainFlags.refuseSweepSet TrainFlags.flags extra
         SweepDefinition.ParseTrainArgs extra |> ignore
 
 let private definitionOf (a: ParseResults<LaunchArgs>) (extra: string[]) =
@@ -68,16 +73,16 @@ let private definitionOf (a: ParseResults<LaunchArgs>) (extra: string[]) =
 /// The sweep in DIR: sweep.json when present (a definition given on the command line must equal it), else a new one.
 let private openSweep (dir: string) (def: SweepDefinition) (given: bool) =
     if SweepManifest.Exists dir then
-        let m = SweepManifest.Load dir
+        let m = SweepManifest.Load(dir, commandLine)
         if given && not (m.Definition.SameAs def) then
             fail "%s defines another sweep (%s); leave out the sweep options (and the train options after --) to relaunch it, or use another --output-dir"
                 (Path.Combine(dir, SweepManifest.FileName)) (m.Definition.ToJson().ToJsonString())
         m, false
-    else SweepManifest.Create(dir, def), true
+    else SweepManifest.Create(dir, def, commandLine), true
 
 let private load (dir: string) =
     if not (Directory.Exists dir) then fail "--output-dir %s: folder not found" dir
-    SweepManifest.Load dir
+    SweepManifest.Load(dir, commandLine)
 
 let private slurmClient () = SlurmClient()
 
@@ -147,6 +152,9 @@ let private waitFor (m: SweepManifest) (timeout: int option) (poll: float) =
     elif st.Count JobState.Done = st.Jobs.Count then 0
     else 1
 
+/// The header of the batch scripts says what wrote them.
+let private writtenBy = "`sfmoe sweep launch --launcher slurm`"
+
 let launch (a: ParseResults<LaunchArgs>) (extra: string[]) =
     let dir = Path.GetFullPath(a.GetResult LaunchArgs.Output_Dir)
     let def, given = definitionOf a extra
@@ -177,9 +185,10 @@ let launch (a: ParseResults<LaunchArgs>) (extra: string[]) =
     if launcher <> "parallel" && a.Contains LaunchArgs.Jobs then fail "--jobs applies to --launcher parallel"
     let sfmoe = selfCommand (a.TryGetResult LaunchArgs.Sfmoe)
     let cores = Environment.ProcessorCount
+    let threadsFlag, workersFlag = TrainFlags.launchFlag TrainFlags.flags TrainFlags.TensorThreads, TrainFlags.launchFlag TrainFlags.flags TrainFlags.DataWorkers
     let threadsArgs (t: int) =
         let w = a.TryGetResult LaunchArgs.Workers |> Option.map (positive "workers") |> Option.defaultValue (max 1 (t / 2))
-        [| "--threads"; string t; "--workers"; string w |]
+        [| threadsFlag; string t; workersFlag; string w |]
     let nParallel = a.TryGetResult LaunchArgs.Jobs |> Option.map (positive "jobs") |> Option.defaultValue cores
     let threads = a.TryGetResult LaunchArgs.Threads |> Option.map (positive "threads")
     let slurmOpts =
@@ -194,14 +203,15 @@ let launch (a: ParseResults<LaunchArgs>) (extra: string[]) =
             ExtraLines = (a.GetResults LaunchArgs.Sbatch
                           |> List.map (fun l -> let l = l.Trim() in if l.StartsWith "#" || l.StartsWith "-" then l else "--" + l)
                           |> Array.ofList),
-            MaxArraySize = positive "max-array-size" (a.GetResult(LaunchArgs.Max_Array_Size, defaultValue = 1000)))
+            MaxArraySize = positive "max-array-size" (a.GetResult(LaunchArgs.Max_Array_Size, defaultValue = 1000)),
+            WrittenBy = writtenBy)
     let launchArgs =
         match launcher with
         | "parallel" -> threadsArgs (threads |> Option.defaultValue (LocalLauncher.ThreadsPerJob(cores, nParallel)))
         | "slurm" -> threadsArgs (threads |> Option.defaultValue slurmOpts.CpusPerTask)
         | _ ->
-            [| match threads with Some t -> yield! [ "--threads"; string t ] | None -> ()
-               match a.TryGetResult LaunchArgs.Workers with Some w -> yield! [ "--workers"; string (positive "workers" w) ] | None -> () |]
+            [| match threads with Some t -> yield! [ threadsFlag; string t ] | None -> ()
+               match a.TryGetResult LaunchArgs.Workers with Some w -> yield! [ workersFlag; string (positive "workers" w) ] | None -> () |]
     let client = slurmClient ()
     let askSlurm = launcher = "slurm" || m.Launches |> Seq.exists (fun l -> not (isNull l.SlurmJobId))
     let st = Sweep.Status(m, (if askSlurm then client else null))
@@ -297,3 +307,45 @@ let sweep (a: ParseResults<SweepArgs>) (extra: string[]) =
     | Some(SweepArgs.Wait w) -> wait w
     | Some(SweepArgs.Delete_Incomplete d) -> deleteIncomplete d
     | None -> fail "sweep needs a command: launch, status, wait or delete-incomplete (see 'sfmoe sweep --help')"
+
+/// The jobs of a sweep that are not done, for `sfmoe collect` on a sweep folder: failed and killed jobs are listed
+/// (with Slurm's state and the last error of their log), not silently left out of the tables.
+let sweepReport (dir: string) =
+    let st = Sweep.Status(SweepManifest.Load(dir, commandLine), slurmClient ())
+    [ yield sprintf "Sweep (%s): %s" SweepManifest.FileName st.Summary
+      for s in st.Jobs do
+          if s.State <> JobState.Done then
+              let extra =
+                  [ (if s.State = JobState.Incomplete then Some s.Progress else None)
+                    Option.ofObj s.SchedulerText |> Option.map (fun t -> "Slurm " + t)
+                    Option.ofObj s.LastError
+                    (if isNull s.Log then None else Some("log: " + s.Log)) ]
+                  |> List.choose id
+              yield sprintf "%s: %s %s%s" (JobStatus.Name s.State) s.Job.Id (s.Job.Describe())
+                        (if extra.IsEmpty then "" else ": " + String.Join("; ", extra))
+      for n in st.Notes do yield "note: " + n ]
+
+/// `sfmoe collect`, followed, on a sweep's folder, by the sweep's jobs that are not done.
+let collect (a: ParseResults<CollectCommands.CollectArgs>) =
+    let dir = a.GetResult CollectCommands.CollectArgs.Input_Dir
+    let format = a.GetResult(CollectCommands.CollectArgs.Format, defaultValue = "markdown").Trim().ToLowerInvariant()
+    let report (toStderr: bool) =
+        if Directory.Exists dir && SweepManifest.Exists dir then
+            let lines = sweepReport dir
+            if toStderr then for l in lines do eprintfn "%s" l
+            else
+                match format with
+                | "markdown" ->
+                    Console.WriteLine()
+                    Console.WriteLine "## Sweep"
+                    Console.WriteLine()
+                    for l in lines do Console.WriteLine("- " + l)
+                | "latex" -> for l in lines do Console.WriteLine("% " + l)
+                | _ -> for l in lines do Console.WriteLine("-------- " + l)
+    let code =
+        try CollectCommands.collect a
+        with _ ->
+            (try report true with _ -> ())
+            reraise ()
+    report (format = "csv" || format = "json")
+    code

@@ -6,7 +6,7 @@ open Argu
 open SfMoe
 open SfMoe.Cli.Output
 open SfMoe.Cli.Inputs
-open SfMoe.Cli.TrainArgs
+open SfMoe.Cli.TrainFlags
 
 type EvaluateArgs =
     | [<Mandatory>] Checkpoint of file: string
@@ -50,7 +50,8 @@ let printResult (r: Runs.TrainResult) =
                   let acc split = match ev.Accuracies.TryGetValue(sprintf "env%d_%s" i split) with | true, v -> sprintf "%.3f" v | _ -> "-"
                   [ string i; n; (if Seq.contains i r.TestEnvs then "test" else "train"); acc "in"; acc "out" ] ]
 
-let train (a: ParseResults<TrainArgs>) =
+/// The TrainOptions a train command line sets (TrainFlags.flags declares which flag sets which member; a test checks it).
+let options (a: ParseResults<TrainArgs>) =
     let o = Runs.TrainOptions()
     o.Dataset <- a.TryGetResult TrainArgs.Dataset |> Option.toObj
     o.DataDir <- a.TryGetResult TrainArgs.Data_Dir |> Option.toObj
@@ -92,8 +93,12 @@ let train (a: ParseResults<TrainArgs>) =
     o.Pretrained <- a.TryGetResult TrainArgs.Pretrained |> Option.toObj
     o.PretrainedFormat <- a.TryGetResult TrainArgs.Pretrained_Format |> Option.toObj
     o.Experts <- a.TryGetResult TrainArgs.Experts |> Option.map (choice "--experts" experts) |> Option.toNullable
+    o.Logger <- ConsoleLogger(if a.Contains TrainArgs.Quiet then Microsoft.Extensions.Logging.LogLevel.Warning else Microsoft.Extensions.Logging.LogLevel.Information)
+    o
+
+let train (a: ParseResults<TrainArgs>) =
+    let o = options a
     let quiet = a.Contains TrainArgs.Quiet
-    o.Logger <- ConsoleLogger(if quiet then Microsoft.Extensions.Logging.LogLevel.Warning else Microsoft.Extensions.Logging.LogLevel.Information)
     let live = not quiet && not Console.IsOutputRedirected
     let mutable lastPrint = DateTime.MinValue
     let progress =
