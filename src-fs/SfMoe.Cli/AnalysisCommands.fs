@@ -8,6 +8,7 @@ open TorchSharp
 open SfMoe
 open SfMoe.Analysis
 open SfMoe.Cli.Output
+open SfMoe.Cli.Inputs
 
 type RoutingArgs =
     | [<Mandatory>] Checkpoint of file: string
@@ -153,8 +154,6 @@ type ProfileArgs =
             | Device _ -> "cpu (default) or cuda"
             | No_Timing -> "only the closed-form numbers (parameters, MACs): no model is built"
             | Json -> "print {\"model\": {...}, \"dense_twin\": {...}}"
-
-let private positive name (v: int) = if v < 1 then fail "--%s must be >= 1, got %d" name v else v
 
 let private split (s: string option) =
     match s with

@@ -16,22 +16,6 @@ let private error (msg: string) =
     eprintfn "sfmoe: error: %s" line
     2
 
-/// Library messages name API members (TrainOptions.Resume); the CLI names its flags.
-let private apiToFlags =
-    [ "TrainOptions.PretrainedFormat", "--pretrained-format"
-      "TrainOptions.Pretrained", "--pretrained"
-      "TrainOptions.Experts", "--experts"
-      "TrainOptions.Resume", "--resume"
-      "TrainOptions.OutputDir", "--output-dir"
-      "TrainOptions.Threads", "--threads"
-      "TrainOptions.BatchSize", "--batch-size"
-      "TrainOptions.Steps", "--steps"
-      "TrainOptions.CheckpointFreq", "--checkpoint-freq"
-      "TrainOptions.TestEnvs", "--test-env" ]
-
-let private cliWords (msg: string) =
-    apiToFlags |> List.fold (fun (m: string) (api, flag) -> m.Replace(api, flag)) msg
-
 [<EntryPoint>]
 let main argv =
     try
@@ -44,15 +28,15 @@ let main argv =
         else
             Core.Native.ensure ()
             match results.TryGetSubCommand() with
-            | Some(Command.Pattern a) -> pattern a
-            | Some(Models a) -> models a
-            | Some(Summary a) -> summary a
-            | Some(Train a) -> train a
+            | Some(Command.Pattern a) -> PatternCommands.pattern a
+            | Some(Models a) -> ModelCommands.models a
+            | Some(Summary a) -> ModelCommands.summary a
+            | Some(Train a) -> TrainCommands.train a
             | Some(Collect a) -> SweepCommands.collect a
-            | Some(Evaluate a) -> evaluate a
-            | Some(Predict a) -> predict a
-            | Some(Download a) -> download a
-            | Some(Forward a) -> forward a
+            | Some(Evaluate a) -> TrainCommands.evaluate a
+            | Some(Predict a) -> TrainCommands.predict a
+            | Some(Download a) -> DownloadCommands.download a
+            | Some(Forward a) -> ModelCommands.forward a
             | Some(Import a) -> InteropCommands.import a
             | Some(Export a) -> InteropCommands.export a
             | Some(Sweep a) -> SweepCommands.sweep a trainArgs
@@ -67,9 +51,9 @@ let main argv =
             | Some(Profile a) -> AnalysisCommands.profile a
             | Some(Bench b) ->
                 match b.TryGetSubCommand() with
-                | Some(BenchArgs.Moe a) -> benchMoe a
-                | Some(BenchArgs.Step a) -> benchStep a
-                | Some(BenchArgs.Train a) -> benchTrain a
+                | Some(BenchCommands.Moe a) -> BenchCommands.benchMoe a
+                | Some(BenchCommands.Step a) -> BenchCommands.benchStep a
+                | Some(BenchCommands.Train a) -> BenchCommands.benchTrain a
                 | None -> error "bench needs a benchmark: moe, step or train (see 'sfmoe bench --help')"
             | _ ->
                 Console.Error.WriteLine(parser.PrintUsage())
@@ -83,5 +67,5 @@ let main argv =
         let first = (e.Message.Split('\n') |> Array.head).Replace("ERROR: ", "")
         error (first + " (see 'sfmoe --help')")
     | UsageError msg -> error msg
-    | :? SfMoeException as e -> error (cliWords e.Message)
+    | :? SfMoeException as e -> error (ApiFlags.forUser e.Message)
     | :? OperationCanceledException -> error "interrupted"

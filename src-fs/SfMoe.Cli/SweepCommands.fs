@@ -7,6 +7,7 @@ open Argu
 open SfMoe
 open SfMoe.Runs.Sweeps
 open SfMoe.Cli.Output
+open SfMoe.Cli.Inputs
 open SfMoe.Cli.SweepArgs
 
 /// `sfmoe sweep ... -- TRAIN OPTIONS`: the words after the first "--" are extra `sfmoe train` options for every job.
@@ -32,14 +33,19 @@ let selfCommand (given: string option) : string[] =
     if Path.IsPathRooted cmd[0] && not (File.Exists cmd[0]) then fail "the sfmoe command %s does not exist" cmd[0]
     cmd
 
-/// Checks extra train options with `sfmoe train`'s own parser, so a typo fails here rather than in every job.
+/// How sweep jobs run `sfmoe train`: the command's name from the top-level schema, the flags from TrainFlags.fs.
+let commandLine =
+    let train = ArgumentParser.Create<Commands.Command>().GetArgumentCaseInfo(<@ Commands.Train @>)
+    TrainFlags.TrainCommandLine([ ApiNames.flagOf train ], TrainFlags.flags)
+
+/// Checks extra train options with `sfmoe train`'s own parser, so a typo fails here rather than in every job, and
+/// refuses those the sweep sets itself.
 let private validateTrainArgs (extra: string[]) =
     if extra.Length > 0 then
-        try
-            ArgumentParser.Create<Commands.TrainArgs>(programName = "sfmoe train")
-                .ParseCommandLine(Array.append extra [| "--output-dir"; "x" |], raiseOnUsage = true) |> ignore
+        try TrainFlags.parser.ParseCommandLine(extra, ignoreMissing = true, raiseOnUsage = true) |> ignore
         with :? ArguParseException as e ->
             fail "extra train options (after --): %s" ((e.Message.Split('\n') |> Array.head).Replace("ERROR: ", ""))
+        TrainFlags.refuseSweepSet TrainFlags.flags extra
         SweepDefinition.ParseTrainArgs extra |> ignore
 
 let private definitionOf (a: ParseResults<LaunchArgs>) (extra: string[]) =
@@ -67,16 +73,16 @@ let private definitionOf (a: ParseResults<LaunchArgs>) (extra: string[]) =
 /// The sweep in DIR: sweep.json when present (a definition given on the command line must equal it), else a new one.
 let private openSweep (dir: string) (def: SweepDefinition) (given: bool) =
     if SweepManifest.Exists dir then
-        let m = SweepManifest.Load dir
+        let m = SweepManifest.Load(dir, commandLine)
         if given && not (m.Definition.SameAs def) then
             fail "%s defines another sweep (%s); leave out the sweep options (and the train options after --) to relaunch it, or use another --output-dir"
                 (Path.Combine(dir, SweepManifest.FileName)) (m.Definition.ToJson().ToJsonString())
         m, false
-    else SweepManifest.Create(dir, def), true
+    else SweepManifest.Create(dir, def, commandLine), true
 
 let private load (dir: string) =
     if not (Directory.Exists dir) then fail "--output-dir %s: folder not found" dir
-    SweepManifest.Load dir
+    SweepManifest.Load(dir, commandLine)
 
 let private slurmClient () = SlurmClient()
 
@@ -132,8 +138,6 @@ let private statusJson (st: SweepStatus) =
                 log = s.Log; error = s.LastError; dataset = s.Job.Dataset; algorithm = s.Job.Algorithm; test_envs = s.Job.TestEnvs
                 hparams_seed = s.Job.HparamsSeed; trial_seed = s.Job.TrialSeed; seed = s.Job.Seed } ] |}
 
-let private positive name (v: int) = if v < 1 then fail "--%s must be >= 1, got %d" name v else v
-
 let private waitFor (m: SweepManifest) (timeout: int option) (poll: float) =
     if poll <= 0.0 then fail "--poll must be > 0, got %g" poll
     use cts = new Threading.CancellationTokenSource()
@@ -147,6 +151,9 @@ let private waitFor (m: SweepManifest) (timeout: int option) (poll: float) =
         1
     elif st.Count JobState.Done = st.Jobs.Count then 0
     else 1
+
+/// The header of the batch scripts says what wrote them.
+let private writtenBy = "`sfmoe sweep launch --launcher slurm`"
 
 let launch (a: ParseResults<LaunchArgs>) (extra: string[]) =
     let dir = Path.GetFullPath(a.GetResult LaunchArgs.Output_Dir)
@@ -178,9 +185,10 @@ let launch (a: ParseResults<LaunchArgs>) (extra: string[]) =
     if launcher <> "parallel" && a.Contains LaunchArgs.Jobs then fail "--jobs applies to --launcher parallel"
     let sfmoe = selfCommand (a.TryGetResult LaunchArgs.Sfmoe)
     let cores = Environment.ProcessorCount
+    let threadsFlag, workersFlag = TrainFlags.launchFlag TrainFlags.flags TrainFlags.TensorThreads, TrainFlags.launchFlag TrainFlags.flags TrainFlags.DataWorkers
     let threadsArgs (t: int) =
         let w = a.TryGetResult LaunchArgs.Workers |> Option.map (positive "workers") |> Option.defaultValue (max 1 (t / 2))
-        [| "--threads"; string t; "--workers"; string w |]
+        [| threadsFlag; string t; workersFlag; string w |]
     let nParallel = a.TryGetResult LaunchArgs.Jobs |> Option.map (positive "jobs") |> Option.defaultValue cores
     let threads = a.TryGetResult LaunchArgs.Threads |> Option.map (positive "threads")
     let slurmOpts =
@@ -195,14 +203,15 @@ let launch (a: ParseResults<LaunchArgs>) (extra: string[]) =
             ExtraLines = (a.GetResults LaunchArgs.Sbatch
                           |> List.map (fun l -> let l = l.Trim() in if l.StartsWith "#" || l.StartsWith "-" then l else "--" + l)
                           |> Array.ofList),
-            MaxArraySize = positive "max-array-size" (a.GetResult(LaunchArgs.Max_Array_Size, defaultValue = 1000)))
+            MaxArraySize = positive "max-array-size" (a.GetResult(LaunchArgs.Max_Array_Size, defaultValue = 1000)),
+            WrittenBy = writtenBy)
     let launchArgs =
         match launcher with
         | "parallel" -> threadsArgs (threads |> Option.defaultValue (LocalLauncher.ThreadsPerJob(cores, nParallel)))
         | "slurm" -> threadsArgs (threads |> Option.defaultValue slurmOpts.CpusPerTask)
         | _ ->
-            [| match threads with Some t -> yield! [ "--threads"; string t ] | None -> ()
-               match a.TryGetResult LaunchArgs.Workers with Some w -> yield! [ "--workers"; string (positive "workers" w) ] | None -> () |]
+            [| match threads with Some t -> yield! [ threadsFlag; string t ] | None -> ()
+               match a.TryGetResult LaunchArgs.Workers with Some w -> yield! [ workersFlag; string (positive "workers" w) ] | None -> () |]
     let client = slurmClient ()
     let askSlurm = launcher = "slurm" || m.Launches |> Seq.exists (fun l -> not (isNull l.SlurmJobId))
     let st = Sweep.Status(m, (if askSlurm then client else null))
@@ -302,7 +311,7 @@ let sweep (a: ParseResults<SweepArgs>) (extra: string[]) =
 /// The jobs of a sweep that are not done, for `sfmoe collect` on a sweep folder: failed and killed jobs are listed
 /// (with Slurm's state and the last error of their log), not silently left out of the tables.
 let sweepReport (dir: string) =
-    let st = Sweep.Status(SweepManifest.Load dir, slurmClient ())
+    let st = Sweep.Status(SweepManifest.Load(dir, commandLine), slurmClient ())
     [ yield sprintf "Sweep (%s): %s" SweepManifest.FileName st.Summary
       for s in st.Jobs do
           if s.State <> JobState.Done then
@@ -317,9 +326,9 @@ let sweepReport (dir: string) =
       for n in st.Notes do yield "note: " + n ]
 
 /// `sfmoe collect`, followed, on a sweep's folder, by the sweep's jobs that are not done.
-let collect (a: ParseResults<Commands.CollectArgs>) =
-    let dir = a.GetResult Commands.CollectArgs.Input_Dir
-    let format = a.GetResult(Commands.CollectArgs.Format, defaultValue = "markdown").Trim().ToLowerInvariant()
+let collect (a: ParseResults<CollectCommands.CollectArgs>) =
+    let dir = a.GetResult CollectCommands.CollectArgs.Input_Dir
+    let format = a.GetResult(CollectCommands.CollectArgs.Format, defaultValue = "markdown").Trim().ToLowerInvariant()
     let report (toStderr: bool) =
         if Directory.Exists dir && SweepManifest.Exists dir then
             let lines = sweepReport dir
@@ -334,7 +343,7 @@ let collect (a: ParseResults<Commands.CollectArgs>) =
                 | "latex" -> for l in lines do Console.WriteLine("% " + l)
                 | _ -> for l in lines do Console.WriteLine("-------- " + l)
     let code =
-        try Commands.collect a
+        try CollectCommands.collect a
         with _ ->
             (try report true with _ -> ())
             reraise ()

@@ -65,8 +65,8 @@ public sealed class AttentionReport
     /// <summary>Opens the models and images, analyses and writes the files.</summary>
     public static AttentionReport Run(AttentionReportOptions o, Action<string>? log = null)
     {
-        if (o.Checkpoints.Count == 0) throw new ConfigException("give at least one --checkpoint");
-        if (o.Images.Count == 0 && o.Dataset is null) throw new ConfigException("give image files or --dataset");
+        if (o.Checkpoints.Count == 0) throw new ConfigException("give at least one AttentionReportOptions.Checkpoints");
+        if (o.Images.Count == 0 && o.Dataset is null) throw new ConfigException("give image files or AttentionReportOptions.Dataset");
         var named = o.Images.Select(p =>
         {
             try { return (Name: Path.GetFileNameWithoutExtension(p), Image: ImageCodec.Decode(p)); }
@@ -117,7 +117,7 @@ public sealed class AttentionReport
         foreach (var probe in probes)
         {
             int block = o.Block < 0 ? probe.Depth + o.Block : o.Block;
-            if (block < 0 || block >= probe.Depth) throw new ConfigException($"--block {o.Block}: {probe.Name} has blocks 0..{probe.Depth - 1}");
+            if (block < 0 || block >= probe.Depth) throw new ConfigException($"AttentionReportOptions.Block {o.Block}: {probe.Name} has blocks 0..{probe.Depth - 1}");
             var sums = new double[probe.Depth];
             var corr = new double[probe.Depth];
             int count = 0;

@@ -68,10 +68,10 @@ public sealed class AttributeReport
         var kp = o.Keypoints is null ? null : KeypointFile.Load(o.Keypoints);
         if (o.ImageRoot is not null)
         {
-            if (kp is null) throw new ConfigException("an image folder needs --keypoints (a JSON of image path -> {part: [x, y]})");
+            if (kp is null) throw new ConfigException("an image folder needs AttributeReportOptions.Keypoints (a JSON of image path -> {part: [x, y]})");
             return RunFolder(probe, o.ImageRoot, kp, o, log);
         }
-        var name = o.Dataset ?? probe.Dataset ?? throw new ConfigException($"{o.Checkpoint}: the model file names no dataset; pass --dataset or --image-root");
+        var name = o.Dataset ?? probe.Dataset ?? throw new ConfigException($"{o.Checkpoint}: the model file names no dataset; pass DatasetAnalysisOptions.Dataset or AttributeReportOptions.ImageRoot");
         return Run(probe, Datasets.Open(name, o.DataDir, ImageCodec.Decode), kp, o, log);
     }
 
@@ -89,7 +89,7 @@ public sealed class AttributeReport
         }
         if (found.Count == 0)
             throw new ConfigException(keypoints is null
-                ? $"{ds.Spec.Name} has no built-in keypoints: pass --keypoints FILE (a JSON of image path -> {{part: [x, y]}}; README, section Analysis)"
+                ? $"{ds.Spec.Name} has no built-in keypoints: pass AttributeReportOptions.Keypoints FILE (a JSON of image path -> {{part: [x, y]}}; README, section Analysis)"
                 : $"no image of {ds.Spec.Name}'s {o.Split} split has keypoints in the keypoints file (keys are matched against the end of each image's path)");
         if (found.Count < samples.Count) log?.Invoke($"{samples.Count - found.Count} of {samples.Count} images have no keypoints and are left out");
         var chosen = samples.Where(found.ContainsKey).ToArray();

@@ -68,7 +68,7 @@ public sealed class RoutingReport
     public static RoutingReport Run(RoutingReportOptions o, Action<string>? log = null)
     {
         using var probe = ModelProbe.Load(o.Checkpoint, o.Device, o.Seed);
-        var name = o.Dataset ?? probe.Dataset ?? throw new ConfigException($"{o.Checkpoint}: the model file names no dataset; pass --dataset");
+        var name = o.Dataset ?? probe.Dataset ?? throw new ConfigException($"{o.Checkpoint}: the model file names no dataset; pass DatasetAnalysisOptions.Dataset");
         var ds = Datasets.Open(name, o.DataDir, ImageCodec.Decode);
         return Run(probe, ds, o, log);
     }

@@ -14,6 +14,9 @@ public class SweepTests : IDisposable
 
     static readonly Func<string, int> FourEnvs = _ => 4;
 
+    /// <summary>sfmoe's spelling of a job's command line (the sweep code takes it from the application).</summary>
+    static readonly ITrainCommandLine Cl = SfMoe.Cli.SweepCommands.commandLine;
+
     static SweepDefinition Def(params string[] trainArgs) => new()
     {
         Datasets = ["Synthetic"], Algorithms = ["SFMoE"], TestEnvs = [0, 1], SingleTestEnvs = true, HparamsTo = 1, Trials = 2,
@@ -126,7 +129,7 @@ public class SweepTests : IDisposable
         var j = SweepJob.Create("Synthetic", "SFMoE", [0, 2], 1, 0, "/data", SweepDefinition.ParseTrainArgs(["--steps", "30", "--quiet", "--model", "sfmoe_test_patch8_32"]));
         Assert.Equal(
             $"--algorithm SFMoE --data-dir /data --dataset Synthetic --hparams-seed 1 --model sfmoe_test_patch8_32 --quiet --seed {j.Seed} --steps 30 --test-env 0 --test-env 2 --trial-seed 0",
-            string.Join(" ", j.TrainCommand()));
+            string.Join(" ", Cl.JobArguments(j)));
         Assert.Equal(30L, j.Steps);
     }
 
@@ -136,8 +139,7 @@ public class SweepTests : IDisposable
         var p = SweepDefinition.ParseTrainArgs(["--steps", "50", "--lr", "0.001", "--no-timings", "--pattern", "[S,F]x2", "--batch-size", "-1"]);
         Assert.Equal(new object[] { 50L, "0.001", true, "[S,F]x2", -1L }, p.Select(kv => kv.Value));
         Assert.Equal(new[] { "steps", "lr", "no_timings", "pattern", "batch_size" }, p.Select(kv => kv.Key));
-        foreach (var reserved in new[] { "--seed", "--test-env", "--output-dir", "--threads", "--dataset", "--resume" })
-            Assert.Contains("set by the sweep", Assert.ThrowsAny<SfMoeException>(() => SweepDefinition.ParseTrainArgs([reserved, "1"])).Message);
+        // Options the sweep sets itself are refused by the command line that knows them (CliFlagTests, "sweep-set options").
         Assert.Contains("given twice", Assert.ThrowsAny<SfMoeException>(() => SweepDefinition.ParseTrainArgs(["--steps", "1", "--steps", "2"])).Message);
         Assert.Contains("train option expected, got 'oops'", Assert.ThrowsAny<SfMoeException>(() => SweepDefinition.ParseTrainArgs(["--steps", "1", "oops"])).Message);
     }
@@ -147,10 +149,10 @@ public class SweepTests : IDisposable
     [Fact]
     public void TheManifestRoundTripsAndChecksItsJobs()
     {
-        var m = SweepManifest.Create(_dir, Def("--steps", "30"), FourEnvs);
+        var m = SweepManifest.Create(_dir, Def("--steps", "30"), Cl, FourEnvs);
         m.AddLaunch(new SweepLaunch("slurm", DateTimeOffset.UtcNow, [m.Jobs[1].Id, m.Jobs[0].Id], ["/usr/bin/dotnet", "/x/SfMoe.Cli.dll"], "42", "slurm/a.sbatch"));
         m.Save();
-        var back = SweepManifest.Load(_dir);
+        var back = SweepManifest.Load(_dir, Cl);
         Assert.True(back.Definition.SameAs(m.Definition));
         Assert.Equal(m.Jobs.Select(j => j.Id), back.Jobs.Select(j => j.Id));
         Assert.Equal(4, back.EnvironmentCounts["Synthetic"]);
@@ -161,18 +163,18 @@ public class SweepTests : IDisposable
         // Each job's full train command is in the file, for people and scripts.
         var json = JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "sweep.json")))!;
         var train = json["jobs"]![0]!["train"]!.AsArray().Select(x => x!.GetValue<string>()).ToArray();
-        Assert.Equal([.. m.Jobs[0].TrainCommand(), "--output-dir", m.JobDirectory(m.Jobs[0])], train);
+        Assert.Equal([.. Cl.JobArguments(m.Jobs[0]), "--output-dir", m.JobDirectory(m.Jobs[0])], train);
         Assert.False(back.Definition.SameAs(Def("--steps", "31")));
         // A manifest whose jobs do not match its definition is refused.
         json["jobs"]![0]!["id"] = "0123456789abcdef0123456789abcdef";
         File.WriteAllText(Path.Combine(_dir, "sweep.json"), json.ToJsonString());
-        Assert.Contains("its jobs differ", Assert.ThrowsAny<SfMoeException>(() => SweepManifest.Load(_dir)).Message);
+        Assert.Contains("its jobs differ", Assert.ThrowsAny<SfMoeException>(() => SweepManifest.Load(_dir, Cl)).Message);
     }
 
     [Fact]
     public void AJobsStateComesFromItsFiles()
     {
-        var m = SweepManifest.Create(_dir, Def(), FourEnvs);
+        var m = SweepManifest.Create(_dir, Def(), Cl, FourEnvs);
         var j = m.Jobs[0];
         var dir = m.JobDirectory(j);
         Assert.Equal(Path.Combine(_dir, j.Id), dir);
@@ -192,7 +194,7 @@ public class SweepTests : IDisposable
     [Fact]
     public void StatusReadsProgressAndTheLastErrorOfTheLog()
     {
-        var m = SweepManifest.Create(_dir, Def("--steps", "30"), FourEnvs);
+        var m = SweepManifest.Create(_dir, Def("--steps", "30"), Cl, FourEnvs);
         var j = m.Jobs[1];
         var dir = m.JobDirectory(j);
         Directory.CreateDirectory(dir);
@@ -210,7 +212,7 @@ public class SweepTests : IDisposable
     [Fact]
     public void PreparingAJobSkipsDoneResumesCheckpointedAndEmptiesTheRest()
     {
-        var m = SweepManifest.Create(_dir, Def(), FourEnvs);
+        var m = SweepManifest.Create(_dir, Def(), Cl, FourEnvs);
         var (a, b) = (m.Jobs[0], m.Jobs[1]);
         Assert.Equal(JobStart.Fresh, LocalLauncher.Prepare(m, a));
         Assert.True(Directory.Exists(m.JobDirectory(a)));
@@ -222,15 +224,53 @@ public class SweepTests : IDisposable
         Assert.Equal(JobStart.Resume, LocalLauncher.Prepare(m, b));
         Assert.True(File.Exists(Path.Combine(m.JobDirectory(b), "train_state.safetensors")));
         var cmd = LocalLauncher.CommandOf(m, b, ["sfmoe"], ["--threads", "1"], resume: true);
-        Assert.Equal(["sfmoe", "train", .. b.TrainCommand(), "--threads", "1", "--output-dir", m.JobDirectory(b), "--resume"], cmd);
+        Assert.Equal(["sfmoe", "train", .. Cl.JobArguments(b), "--threads", "1", "--output-dir", m.JobDirectory(b), "--resume"], cmd);
         File.WriteAllText(Path.Combine(m.JobDirectory(b), "done"), "");
         Assert.Equal(JobStart.Skip, LocalLauncher.Prepare(m, b));
+    }
+
+    /// <summary>A command line spelled unlike sfmoe's, as DomainBed's train.py takes it.</summary>
+    sealed class PythonTrainCommandLine : ITrainCommandLine
+    {
+        public IReadOnlyList<string> Command => ["-m", "domainbed.scripts.train"];
+        public string OutputDirFlag => "--output_dir";
+        public string ResumeFlag => "--restore";
+        public IReadOnlyList<string> JobArguments(SweepJob job) =>
+            job.TrainArgs.SelectMany(kv => kv.Value switch
+            {
+                int[] envs => ["--" + kv.Key, .. envs.Select(e => e.ToString(System.Globalization.CultureInfo.InvariantCulture))],
+                bool b => b ? ["--" + kv.Key] : Array.Empty<string>(),
+                var v => ["--" + kv.Key, Convert.ToString(v, System.Globalization.CultureInfo.InvariantCulture)!],
+            }).ToArray();
+    }
+
+    [Fact]
+    public void LaunchersScriptsAndManifestsSpellJobsOnlyWithTheApplicationsCommandLine()
+    {
+        var py = new PythonTrainCommandLine();
+        var m = SweepManifest.Create(_dir, Def("--steps", "30"), py, FourEnvs);
+        var j = m.Jobs[1];
+        var args = py.JobArguments(j);
+        Assert.Equal($"--algorithm SFMoE --dataset Synthetic --hparams_seed 0 --seed {j.Seed} --steps 30 --test_envs 1 --trial_seed 0", string.Join(" ", args));
+        Assert.Equal(["python", "-m", "domainbed.scripts.train", .. args, "--x", "1", "--output_dir", m.JobDirectory(j), "--restore"],
+            LocalLauncher.CommandOf(m, j, ["python"], ["--x", "1"], resume: true));
+        var script = SlurmScript.Generate(m, m.Jobs, ["python"], [], new SlurmOptions());
+        var lines = script.Split('\n');
+        Assert.Contains("  \"${sfmoe[@]}\" -m domainbed.scripts.train \"$@\" \"${launch_args[@]}\" --output_dir \"$dir\" \"${resume[@]}\"", lines);
+        Assert.Contains("    resume=(--restore); echo \"sfmoe sweep: resuming job $id from its training state\"", lines);
+        Assert.Contains($"  1) run_job {j.Id} {string.Join(" ", args)} ;;", lines);
+        Assert.StartsWith("# Written by SfMoe's Slurm launcher for the sweep in ", lines.Single(l => l.StartsWith("# Written")));
+        foreach (var sfmoeWord in new[] { "--output-dir", "--resume", "--test-env", "--hparams-seed", "\" train " })
+            Assert.DoesNotContain(sfmoeWord, script);
+        m.Save();
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(_dir, "sweep.json")))!;
+        Assert.Equal([.. args, "--output_dir", m.JobDirectory(j)], json["jobs"]![1]!["train"]!.AsArray().Select(x => x!.GetValue<string>()));
     }
 
     [Fact]
     public void DeleteIncompleteRemovesOnlyIncompleteFolders()
     {
-        var m = SweepManifest.Create(_dir, Def() with { Trials = 3 }, FourEnvs);   // 6 jobs
+        var m = SweepManifest.Create(_dir, Def() with { Trials = 3 }, Cl, FourEnvs);   // 6 jobs
         Directory.CreateDirectory(m.JobDirectory(m.Jobs[0]));
         File.WriteAllText(Path.Combine(m.JobDirectory(m.Jobs[0]), "done"), "");
         Directory.CreateDirectory(m.JobDirectory(m.Jobs[1]));
@@ -272,7 +312,7 @@ public class SweepTests : IDisposable
     [Fact]
     public void TheParallelLauncherBoundsItsProcessesAndListsFailures()
     {
-        var m = SweepManifest.Create(Path.Combine(_dir, "sweep"), Def() with { TestEnvs = [0, 1, 2, 3], Trials = 2 }, FourEnvs);   // 8 jobs
+        var m = SweepManifest.Create(Path.Combine(_dir, "sweep"), Def() with { TestEnvs = [0, 1, 2, 3], Trials = 2 }, Cl, FourEnvs);   // 8 jobs
         m.Save();
         var lines = new List<string>();
         var launcher = new LocalLauncher { Parallel = 3, LaunchArgs = ["--threads", "1"], Report = l => { lock (lines) lines.Add(l); } };
@@ -290,7 +330,7 @@ public class SweepTests : IDisposable
         var calls = File.ReadAllLines(Path.Combine(_dir, "calls.txt"));
         Assert.Equal(8, calls.Length);
         Assert.All(calls, c => Assert.Contains("--threads 1 --output-dir " + m.Directory, c));
-        var back = SweepManifest.Load(m.Directory);
+        var back = SweepManifest.Load(m.Directory, Cl);
         Assert.Equal("parallel", Assert.Single(back.Launches).Launcher);
         // Failed jobs are incomplete, with their error; a relaunch runs only them.
         var st = Sweep.Status(back);
@@ -306,7 +346,7 @@ public class SweepTests : IDisposable
     [Fact]
     public void ALocalLaunchHoldsTheSweepsLock()
     {
-        var m = SweepManifest.Create(_dir, Def(), FourEnvs);
+        var m = SweepManifest.Create(_dir, Def(), Cl, FourEnvs);
         Assert.False(Sweep.IsLocalLaunchRunning(_dir));
         using (Sweep.LockForLocalLaunch(_dir))
         {
@@ -331,7 +371,7 @@ public class SweepTests : IDisposable
     [Fact]
     public void TheSlurmScriptMapsArrayTasksToJobs()
     {
-        var m = SweepManifest.Create(Path.Combine(_dir, "my_sweep"), Def("--steps", "30"), FourEnvs);
+        var m = SweepManifest.Create(Path.Combine(_dir, "my_sweep"), Def("--steps", "30"), Cl, FourEnvs);
         var o = new SlurmOptions
         {
             Partition = "gpu", Time = "04:00:00", CpusPerTask = 4, Gpus = "1", Mem = "16G", MaxConcurrent = 10,
@@ -347,10 +387,10 @@ public class SweepTests : IDisposable
             lines.Where(l => l.StartsWith("#SBATCH")));
         Assert.Contains("sfmoe=(/usr/bin/dotnet '/opt/sfmoe dir/SfMoe.Cli.dll')", lines);
         Assert.Contains("launch_args=(--threads 4 --workers 2)", lines);
-        Assert.Contains($"  0) run_job {m.Jobs[0].Id} {string.Join(" ", m.Jobs[0].TrainCommand())} ;;", lines);
-        Assert.Contains($"  1) run_job {m.Jobs[1].Id} {string.Join(" ", m.Jobs[1].TrainCommand())} ;;", lines);
+        Assert.Contains($"  0) run_job {m.Jobs[0].Id} {string.Join(" ", Cl.JobArguments(m.Jobs[0]))} ;;", lines);
+        Assert.Contains($"  1) run_job {m.Jobs[1].Id} {string.Join(" ", Cl.JobArguments(m.Jobs[1]))} ;;", lines);
         // Several arrays when the jobs exceed the largest array.
-        var many = SweepManifest.Create(Path.Combine(_dir, "many"), Def() with { TestEnvs = null, Trials = 3 }, FourEnvs);   // 12 jobs
+        var many = SweepManifest.Create(Path.Combine(_dir, "many"), Def() with { TestEnvs = null, Trials = 3 }, Cl, FourEnvs);   // 12 jobs
         var parts = SlurmLauncher.Scripts(many, many.Jobs, ["sfmoe"], [], new SlurmOptions { MaxArraySize = 5 });
         Assert.Equal(new[] { 5, 5, 2 }, parts.Select(p => p.Jobs.Count));
         Assert.Contains("#SBATCH --array=0-1\n", parts[2].Script);
@@ -369,7 +409,7 @@ public class SweepTests : IDisposable
     [Fact]
     public void TheSlurmScriptSkipsDoneJobsResumesCheckpointedOnesAndRestartsTheRest()
     {
-        var m = SweepManifest.Create(Path.Combine(_dir, "s"), Def() with { Trials = 2, TestEnvs = [0, 1, 2] }, FourEnvs);   // 6 jobs
+        var m = SweepManifest.Create(Path.Combine(_dir, "s"), Def() with { Trials = 2, TestEnvs = [0, 1, 2] }, Cl, FourEnvs);   // 6 jobs
         var fake = Path.Combine(_dir, "echo-sfmoe.sh");
         // The fake sfmoe writes its arguments to args-TASK.
         File.WriteAllText(fake, "#!/bin/bash\necho \"$@\" > " + _dir + "/args-$SLURM_ARRAY_TASK_ID\n");
@@ -395,7 +435,7 @@ public class SweepTests : IDisposable
         Assert.Contains("is done already", Run(0));
         Assert.False(File.Exists(Path.Combine(_dir, "args-0")));
         Assert.Contains("resuming job", Run(1));
-        Assert.Equal(string.Join(" ", ["train", .. m.Jobs[1].TrainCommand(), "--threads", "1", "--output-dir", m.JobDirectory(m.Jobs[1]), "--resume"]),
+        Assert.Equal(string.Join(" ", ["train", .. Cl.JobArguments(m.Jobs[1]), "--threads", "1", "--output-dir", m.JobDirectory(m.Jobs[1]), "--resume"]),
             File.ReadAllText(Path.Combine(_dir, "args-1")).Trim());
         Run(2);
         Assert.False(File.Exists(Path.Combine(m.JobDirectory(m.Jobs[2]), "results.jsonl")), "the folder of a run without a training state is emptied");
@@ -443,7 +483,7 @@ public class SweepTests : IDisposable
     [Fact]
     public void StatusJoinsSlurmsStatesAndRelaunchesSkipQueuedTasks()
     {
-        var m = SweepManifest.Create(_dir, Def() with { TestEnvs = [0, 1, 2] }, FourEnvs);   // 6 jobs
+        var m = SweepManifest.Create(_dir, Def() with { TestEnvs = [0, 1, 2] }, Cl, FourEnvs);   // 6 jobs
         var client = FakeSlurm("", 0, "", "41\n");
         var ids = SlurmLauncher.Submit(m, m.Jobs.Take(4).ToArray(), ["sfmoe"], ["--threads", "1"], new SlurmOptions(), client);
         Assert.Equal(new[] { "41" }, ids);
@@ -451,7 +491,7 @@ public class SweepTests : IDisposable
         Assert.All(m.Jobs.Take(4), j => Assert.Equal(JobState.Incomplete, m.StateOf(j)));   // queued jobs have their folder
         var script = Assert.Single(Directory.GetFiles(Path.Combine(_dir, "slurm"), "*.sbatch"));
         Assert.Contains("#SBATCH --array=0-3\n", File.ReadAllText(script));
-        var back = SweepManifest.Load(_dir);
+        var back = SweepManifest.Load(_dir, Cl);
         Assert.Equal("41", Assert.Single(back.Launches).SlurmJobId);
 
         // Task 0 done, 1 failed, 2 running, 3 pending.

@@ -29,7 +29,7 @@ public enum JobStart
 {
     /// <summary>The job is done: nothing to run.</summary>
     Skip,
-    /// <summary>The folder holds a training state: <c>sfmoe train ... --resume</c>.</summary>
+    /// <summary>The folder holds a training state: the run resumes (<see cref="ITrainCommandLine.ResumeFlag"/>).</summary>
     Resume,
     /// <summary>Otherwise: the folder is emptied and the run starts from step 0.</summary>
     Fresh,
@@ -37,13 +37,14 @@ public enum JobStart
 
 /// <summary>
 /// The <c>local</c> (one job at a time) and <c>parallel</c> (N processes at once) launchers: each job is one
-/// <c>sfmoe train</c> process on this machine, its stdout and stderr appended to <c>job.out</c> in its folder.
+/// training process on this machine (<see cref="SweepManifest.CommandLine"/>), its stdout and stderr appended to
+/// <c>job.out</c> in its folder.
 /// </summary>
 public sealed class LocalLauncher
 {
     /// <summary>Processes at once (1: the local launcher).</summary>
     public int Parallel { get; init; } = 1;
-    /// <summary>Arguments after every job's own (e.g. --threads 1 --workers 1).</summary>
+    /// <summary>Arguments after every job's own (e.g. the threads each job may use).</summary>
     public IReadOnlyList<string> LaunchArgs { get; init; } = [];
     /// <summary>Receives a line as each job starts and ends.</summary>
     public Action<string>? Report { get; init; }
@@ -69,10 +70,12 @@ public sealed class LocalLauncher
         }
     }
 
-    /// <summary>The full command of a job: sfmoe, "train", its arguments, the launch's, --output-dir and --resume when resuming.</summary>
+    /// <summary>The full command of a job: the program, <see cref="ITrainCommandLine.Command"/>, then
+    /// <see cref="SweepManifest.TrainArguments"/> (its arguments, the launch's, its folder, and the resume switch when
+    /// resuming).</summary>
     public static IReadOnlyList<string> CommandOf(SweepManifest sweep, SweepJob job, IReadOnlyList<string> sfmoe, IReadOnlyList<string> launchArgs,
         bool resume) =>
-        [.. sfmoe, "train", .. job.TrainCommand(), .. launchArgs, "--output-dir", sweep.JobDirectory(job), .. (resume ? new[] { "--resume" } : [])];
+        [.. sfmoe, .. sweep.CommandLine.Command, .. sweep.TrainArguments(job, launchArgs, resume)];
 
     /// <summary>
     /// Runs the jobs, at most <see cref="Parallel"/> at once, in the given order; cancelling stops starting new jobs
@@ -81,7 +84,7 @@ public sealed class LocalLauncher
     /// </summary>
     public LocalLaunchResult Run(SweepManifest sweep, IReadOnlyList<SweepJob> jobs, IReadOnlyList<string> sfmoe, CancellationToken ct = default)
     {
-        if (Parallel < 1) throw new RunException($"--jobs must be >= 1, got {Parallel}");
+        if (Parallel < 1) throw new RunException($"LocalLauncher.Parallel must be >= 1, got {Parallel}");
         using var _ = Sweep.LockForLocalLaunch(sweep.Directory);
         sweep.AddLaunch(new SweepLaunch(Parallel == 1 ? "local" : "parallel", DateTimeOffset.UtcNow, jobs.Select(j => j.Id).ToArray(), sfmoe));
         sweep.Save();
@@ -157,7 +160,7 @@ public static class SlurmLauncher
     public static IReadOnlyList<(IReadOnlyList<SweepJob> Jobs, string Script)> Scripts(SweepManifest sweep, IReadOnlyList<SweepJob> jobs,
         IReadOnlyList<string> sfmoe, IReadOnlyList<string> launchArgs, SlurmOptions o)
     {
-        if (o.MaxArraySize < 1) throw new RunException($"the largest array must be >= 1, got {o.MaxArraySize}");
+        if (o.MaxArraySize < 1) throw new RunException($"SlurmOptions.MaxArraySize must be >= 1, got {o.MaxArraySize}");
         return jobs.Chunk(o.MaxArraySize)
             .Select(c => ((IReadOnlyList<SweepJob>)c, SlurmScript.Generate(sweep, c, sfmoe, launchArgs, o)))
             .ToArray();

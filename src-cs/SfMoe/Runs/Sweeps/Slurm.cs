@@ -27,6 +27,8 @@ public sealed record SlurmOptions
     /// <summary>Largest array (tasks per sbatch); more jobs are submitted as several arrays (Slurm's MaxArraySize
     /// defaults to 1001, indices 0..1000).</summary>
     public int MaxArraySize { get; init; } = 1000;
+    /// <summary>What wrote the script, for its header comment (null: SfMoe's Slurm launcher).</summary>
+    public string? WrittenBy { get; init; }
 }
 
 /// <summary>The scheduler's view of one array task.</summary>
@@ -60,7 +62,7 @@ public sealed record SlurmQuery(IReadOnlyDictionary<(string ArrayJobId, int Task
 
 /// <summary>
 /// The <c>slurm</c> launcher: one job array per launch, through <c>sbatch</c>, with a generated batch script that maps
-/// SLURM_ARRAY_TASK_ID to one job's <c>sfmoe train</c> command; <c>squeue</c> (and <c>sacct</c> where accounting
+/// SLURM_ARRAY_TASK_ID to one job's training command; <c>squeue</c> (and <c>sacct</c> where accounting
 /// works) for the tasks' states.
 /// </summary>
 public sealed class SlurmClient
@@ -191,17 +193,19 @@ public static class SlurmScript
 
     /// <summary>
     /// The batch script for one array: task i runs <paramref name="jobs"/>[i]. The script's <c>run_job</c> skips a
-    /// job that is done, resumes one whose folder holds a training state (<c>--resume</c>), and otherwise empties the
-    /// folder and starts the run. <paramref name="sfmoe"/> is the command that runs sfmoe (e.g.
-    /// ["/usr/bin/dotnet", "/opt/sfmoe/SfMoe.Cli.dll"]); <paramref name="launchArgs"/> go to every job after its own
-    /// arguments (e.g. --threads).
+    /// job that is done, resumes one whose folder holds a training state (<see cref="ITrainCommandLine.ResumeFlag"/>),
+    /// and otherwise empties the folder and starts the run. <paramref name="sfmoe"/> is the command that runs sfmoe
+    /// (e.g. ["/usr/bin/dotnet", "/opt/sfmoe/SfMoe.Cli.dll"]); <paramref name="launchArgs"/> go to every job after its
+    /// own arguments (e.g. its threads). The words come from the sweep's <see cref="SweepManifest.CommandLine"/>.
     /// </summary>
     public static string Generate(SweepManifest sweep, IReadOnlyList<SweepJob> jobs, IReadOnlyList<string> sfmoe,
         IReadOnlyList<string> launchArgs, SlurmOptions o)
     {
         if (jobs.Count == 0) throw new ArgumentException("no jobs", nameof(jobs));
         if (sweep.Directory.Any(char.IsWhiteSpace))
-            throw new RunException($"the sweep folder {sweep.Directory} holds white space, which #SBATCH lines cannot: use another --output-dir");
+            throw new RunException($"the sweep folder {sweep.Directory} holds white space, which #SBATCH lines cannot: use another SweepManifest.Directory");
+        var cl = sweep.CommandLine;
+        var command = string.Join(" ", cl.Command.Select(Quote));
         var sb = new StringBuilder();
         void L(string s = "") => sb.Append(s).Append('\n');
         L("#!/bin/bash");
@@ -219,9 +223,9 @@ public static class SlurmScript
             if (t.Contains('\n')) throw new RunException("an extra #SBATCH line holds a line break");
             L(t.StartsWith("#SBATCH", StringComparison.Ordinal) ? t : "#SBATCH " + t);
         }
-        L($"# Written by `sfmoe sweep launch --launcher slurm` for the sweep in {sweep.Directory} ({SweepManifest.FileName}).");
-        L("# Task i runs job i below: `sfmoe train` into the job's folder. A job that is done is skipped, one whose folder");
-        L("# holds a training state resumes (--resume), any other starts in an emptied folder.");
+        L($"# Written by {o.WrittenBy ?? "SfMoe's Slurm launcher"} for the sweep in {sweep.Directory} ({SweepManifest.FileName}).");
+        L($"# Task i runs job i below: `sfmoe {command}` into the job's folder. A job that is done is skipped, one whose folder");
+        L($"# holds a training state resumes ({cl.ResumeFlag}), any other starts in an emptied folder.");
         L("set -u");
         L($"sweep={Quote(sweep.Directory)}");
         L($"sfmoe=({string.Join(" ", sfmoe.Select(Quote))})");
@@ -232,18 +236,18 @@ public static class SlurmScript
         L("  echo \"sfmoe sweep: task ${SLURM_ARRAY_TASK_ID} of array ${SLURM_ARRAY_JOB_ID:-?} on $(hostname -s): job $id\"");
         L("  if [ -e \"$dir/done\" ]; then echo \"sfmoe sweep: job $id is done already\"; exit 0; fi");
         L("  if [ -e \"$dir/train_state.safetensors\" ]; then");
-        L("    resume=(--resume); echo \"sfmoe sweep: resuming job $id from its training state\"");
+        L($"    resume=({Quote(cl.ResumeFlag)}); echo \"sfmoe sweep: resuming job $id from its training state\"");
         L("  else");
         L("    rm -rf \"$dir\" && mkdir -p \"$dir\" || exit 1");
         L("  fi");
-        L("  \"${sfmoe[@]}\" train \"$@\" \"${launch_args[@]}\" --output-dir \"$dir\" \"${resume[@]}\"");
+        L($"  \"${{sfmoe[@]}}\" {command} \"$@\" \"${{launch_args[@]}}\" {Quote(cl.OutputDirFlag)} \"$dir\" \"${{resume[@]}}\"");
         L("  local rc=$?");
         L("  echo \"sfmoe sweep: job $id exit code $rc\"");
         L("  exit $rc");
         L("}");
         L("case \"${SLURM_ARRAY_TASK_ID:?not run as a Slurm array task}\" in");
         for (int i = 0; i < jobs.Count; i++)
-            L($"  {i}) run_job {jobs[i].Id} {string.Join(" ", jobs[i].TrainCommand().Select(Quote))} ;;");
+            L($"  {i}) run_job {jobs[i].Id} {string.Join(" ", cl.JobArguments(jobs[i]).Select(Quote))} ;;");
         L("  *) echo \"sfmoe sweep: no job for task $SLURM_ARRAY_TASK_ID\" >&2; exit 2 ;;");
         L("esac");
         return sb.ToString();

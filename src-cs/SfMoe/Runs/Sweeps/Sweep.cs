@@ -7,7 +7,7 @@ namespace SfMoe.Runs.Sweeps;
 /// <summary>One job's state: from its files, and from the scheduler when its last launch went through Slurm.</summary>
 /// <param name="Job">The job.</param>
 /// <param name="State">From the files: done, incomplete or not launched.</param>
-/// <param name="Resumable">Whether the folder holds a training state (a relaunch resumes it with --resume).</param>
+/// <param name="Resumable">Whether the folder holds a training state (a relaunch resumes it).</param>
 /// <param name="Records">Complete lines in results.jsonl (evaluations so far).</param>
 /// <param name="LastStep">The last evaluated step, or null.</param>
 /// <param name="Scheduler">Slurm's state of the job's task in its last launch, when known.</param>

@@ -10,12 +10,12 @@ namespace SfMoe.Runs.Sweeps;
 
 /// <summary>
 /// What a sweep runs, as DomainBed's <c>sweep.py</c> defines it: datasets x algorithms x test environments x hparams
-/// seeds x trial seeds, each combination one <c>sfmoe train</c> job. Extra <c>sfmoe train</c> options
-/// (<see cref="TrainArgs"/>, e.g. <c>--steps 50 --model sfmoe_test_patch8_32</c>) go to every job.
+/// seeds x trial seeds, each combination one training run. Extra training options (<see cref="TrainArgs"/>, in the
+/// running application's command-line syntax) go to every job; the sweep itself sets the job's DomainBed keys.
 /// </summary>
 public sealed record SweepDefinition
 {
-    /// <summary>Datasets (names as <c>sfmoe train --dataset</c> takes them; known names are canonicalised).</summary>
+    /// <summary>Datasets (names as <see cref="TrainOptions.Dataset"/> takes them; known names are canonicalised).</summary>
     public IReadOnlyList<string> Datasets { get; init; } = ["Synthetic"];
     /// <summary>Algorithms (ERM, SFMoE, GMoE).</summary>
     public IReadOnlyList<string> Algorithms { get; init; } = ["SFMoE"];
@@ -32,13 +32,9 @@ public sealed record SweepDefinition
     public int Trials { get; init; } = 3;
     /// <summary>Data directory passed to every job (null: none; the jobs then use SFMOE_DATA_DIR if they need one).</summary>
     public string? DataDir { get; init; }
-    /// <summary>Extra <c>sfmoe train</c> options for every job, e.g. ["--steps", "50", "--no-timings"].</summary>
+    /// <summary>Extra training options for every job, as command-line words (see <see cref="ParseTrainArgs"/>). The
+    /// application checks them; options the sweep sets itself (the job's keys, its folder, threads) are its to refuse.</summary>
     public IReadOnlyList<string> TrainArgs { get; init; } = [];
-
-    /// <summary><c>sfmoe train</c> options the sweep sets itself (per job or per launch) and that
-    /// <see cref="TrainArgs"/> may therefore not hold.</summary>
-    public static IReadOnlyList<string> ReservedOptions { get; } =
-        ["dataset", "data_dir", "algorithm", "test_env", "test_envs", "hparams_seed", "trial_seed", "seed", "output_dir", "resume", "threads", "workers"];
 
     /// <summary>The definition as stored in sweep.json.</summary>
     public JsonObject ToJson() => new()
@@ -167,9 +163,10 @@ public sealed record SweepDefinition
     static readonly Regex OptionName = new(@"^--[a-z][a-z0-9]*(-[a-z0-9]+)*$", RegexOptions.CultureInvariant);
 
     /// <summary>
-    /// Extra <c>sfmoe train</c> options as (key, value) pairs: "--checkpoint-freq 10" is ("checkpoint_freq", 10L), an
-    /// option followed by another option or by nothing is a flag (true). Integer values become numbers, anything else
-    /// stays a string. Throws <see cref="SfMoeException"/> for a stray value, a repeated option or a reserved one.
+    /// Extra training options as (key, value) pairs, by DomainBed's argparse convention (the key is the option's name
+    /// with '_' for '-'): "--checkpoint-freq 10" is ("checkpoint_freq", 10L), an option followed by another option or by
+    /// nothing is a flag (true). Integer values become numbers, anything else stays a string. Throws
+    /// <see cref="SfMoeException"/> for a stray value or a repeated option.
     /// </summary>
     public static IReadOnlyList<KeyValuePair<string, object>> ParseTrainArgs(IReadOnlyList<string> tokens)
     {
@@ -177,10 +174,8 @@ public sealed record SweepDefinition
         for (int i = 0; i < tokens.Count; i++)
         {
             var t = tokens[i];
-            if (!OptionName.IsMatch(t)) throw new RunException($"train option expected, got '{t}' (extra train options look like --steps 50)");
+            if (!OptionName.IsMatch(t)) throw new RunException($"train option expected, got '{t}' (extra train options look like --name value)");
             var key = t[2..].Replace('-', '_');
-            if (ReservedOptions.Contains(key))
-                throw new RunException($"{t} is set by the sweep for each job; it cannot be an extra train option");
             if (pairs.Any(p => p.Key == key)) throw new RunException($"{t} is given twice");
             object value = true;
             if (i + 1 < tokens.Count && !tokens[i + 1].StartsWith("--", StringComparison.Ordinal))
@@ -195,7 +190,7 @@ public sealed record SweepDefinition
 }
 
 /// <summary>
-/// One job of a sweep: the arguments of one <c>sfmoe train</c> run. Its <see cref="Id"/> (and folder name) is DomainBed's:
+/// One job of a sweep: the arguments of one training run. Its <see cref="Id"/> (and folder name) is DomainBed's:
 /// the MD5 of <c>json.dumps(train_args, sort_keys=True)</c>, where train_args holds algorithm, data_dir (when given),
 /// dataset, hparams_seed, seed, test_envs, trial_seed and the extra train options; <c>seed</c> is DomainBed's
 /// <c>seed_hash(dataset, algorithm, test_envs, hparams_seed, trial_seed)</c>.
@@ -246,39 +241,10 @@ public sealed class SweepJob
         if (dataDir is not null) args["data_dir"] = dataDir;
         foreach (var (k, v) in extra)
         {
-            if (args.ContainsKey(k)) throw new RunException($"--{k.Replace('_', '-')} is set by the sweep for each job");
+            if (args.ContainsKey(k)) throw new RunException($"extra train option {k} is set by the sweep for each job");
             args[k] = v;
         }
         return new SweepJob(args, dataset, algorithm, te, hparamsSeed, trialSeed, seed);
-    }
-
-    /// <summary>
-    /// The <c>sfmoe train</c> arguments (after the word "train", without --output-dir), options in key order as
-    /// DomainBed's command strings: "--algorithm SFMoE --dataset Synthetic --hparams-seed 0 --seed ... --test-env 0 ...".
-    /// </summary>
-    public IReadOnlyList<string> TrainCommand()
-    {
-        var list = new List<string>();
-        foreach (var (k, v) in TrainArgs)
-        {
-            var opt = "--" + k.Replace('_', '-');
-            switch (v)
-            {
-                case int[] envs:
-                    foreach (var e in envs) { list.Add("--test-env"); list.Add(e.ToString(CultureInfo.InvariantCulture)); }
-                    break;
-                case bool b:
-                    if (b) list.Add(opt);
-                    break;
-                case long l:
-                    list.Add(opt); list.Add(l.ToString(CultureInfo.InvariantCulture));
-                    break;
-                default:
-                    list.Add(opt); list.Add(Convert.ToString(v, CultureInfo.InvariantCulture)!);
-                    break;
-            }
-        }
-        return list;
     }
 
     /// <summary>"Synthetic SFMoE test_envs=[0] hparams_seed=0 trial_seed=1".</summary>

@@ -59,7 +59,8 @@ public sealed record SweepLaunch(string Launcher, DateTimeOffset Time, IReadOnly
 /// <summary>
 /// A sweep on disk: its folder holds <c>sweep.json</c> (the definition, every job's arguments and command, and the
 /// launches) and one folder per job named by the job's id. Everything about a job's state comes from its folder:
-/// <c>done</c> = done, a folder without it = incomplete, no folder = not launched.
+/// <c>done</c> = done, a folder without it = incomplete, no folder = not launched. Its jobs' command lines are spelled
+/// by the <see cref="ITrainCommandLine"/> it is opened with.
 /// </summary>
 public sealed class SweepManifest
 {
@@ -76,9 +77,10 @@ public sealed class SweepManifest
     readonly List<SweepLaunch> launches;
     readonly Dictionary<string, int> environmentCounts;
 
-    SweepManifest(string directory, SweepDefinition definition, Dictionary<string, int> environmentCounts, List<SweepLaunch> launches)
+    SweepManifest(string directory, SweepDefinition definition, ITrainCommandLine commandLine, Dictionary<string, int> environmentCounts,
+        List<SweepLaunch> launches)
     {
-        Directory = directory; Definition = definition; this.environmentCounts = environmentCounts; this.launches = launches;
+        Directory = directory; Definition = definition; CommandLine = commandLine; this.environmentCounts = environmentCounts; this.launches = launches;
         Jobs = definition.Expand(d => environmentCounts[d]);
     }
 
@@ -86,6 +88,8 @@ public sealed class SweepManifest
     public string Directory { get; }
     /// <summary>What the sweep runs.</summary>
     public SweepDefinition Definition { get; }
+    /// <summary>How a job's training run is spelled on the command line.</summary>
+    public ITrainCommandLine CommandLine { get; }
     /// <summary>Every job, in DomainBed's order.</summary>
     public IReadOnlyList<SweepJob> Jobs { get; }
     /// <summary>Launches so far, oldest first.</summary>
@@ -103,22 +107,23 @@ public sealed class SweepManifest
     /// <summary>A new manifest (not yet saved) for <paramref name="definition"/>'s jobs in <paramref name="directory"/>;
     /// <paramref name="environmentCount"/> gives a dataset's number of environments (default:
     /// <see cref="SweepDefinition.EnvironmentCount"/>).</summary>
-    public static SweepManifest Create(string directory, SweepDefinition definition, Func<string, int>? environmentCount = null)
+    public static SweepManifest Create(string directory, SweepDefinition definition, ITrainCommandLine commandLine,
+        Func<string, int>? environmentCount = null)
     {
         environmentCount ??= d => SweepDefinition.EnvironmentCount(d, definition.DataDir);
         var counts = definition.Datasets.Distinct().ToDictionary(d => d, d => environmentCount(d));
-        return new(System.IO.Path.GetFullPath(directory), definition, counts, []);
+        return new(System.IO.Path.GetFullPath(directory), definition, commandLine, counts, []);
     }
 
     /// <summary>Whether <paramref name="directory"/> holds a sweep.json.</summary>
     public static bool Exists(string directory) => File.Exists(System.IO.Path.Combine(directory, FileName));
 
     /// <summary>Reads DIR/sweep.json; the jobs are expanded again from the definition and must match the stored ones.</summary>
-    public static SweepManifest Load(string directory)
+    public static SweepManifest Load(string directory, ITrainCommandLine commandLine)
     {
         directory = System.IO.Path.GetFullPath(directory);
         var path = System.IO.Path.Combine(directory, FileName);
-        if (!File.Exists(path)) throw new RunException($"{directory} holds no {FileName}: not a sweep folder (create one with sfmoe sweep launch)");
+        if (!File.Exists(path)) throw new RunException($"{directory} holds no {FileName}: not a sweep folder (create one with SweepManifest.Create)");
         JsonObject root;
         try { root = JsonNode.Parse(File.ReadAllText(path))?.AsObject() ?? throw new RunException($"{path}: empty"); }
         catch (JsonException e) { throw new RunException($"{path}: not valid JSON ({e.Message})"); }
@@ -129,7 +134,7 @@ public sealed class SweepManifest
         foreach (var d in def.Datasets)
             if (!counts.ContainsKey(d)) throw new RunException($"{path}: no environment count for dataset {d}");
         var launches = root["launches"]?.AsArray().Select(l => SweepLaunch.FromJson(l!.AsObject())).ToList() ?? [];
-        var m = new SweepManifest(directory, def, counts, launches);
+        var m = new SweepManifest(directory, def, commandLine, counts, launches);
         // Re-expanding the definition must give the stored jobs, or the code that names jobs changed under the sweep.
         if (!stored.SequenceEqual(m.Jobs.Select(j => j.Id)))
             throw new RunException($"{path}: its jobs differ from those its definition gives now (was it written by another version of sfmoe?)");
@@ -152,13 +157,17 @@ public sealed class SweepManifest
             {
                 ["id"] = j.Id,
                 ["args"] = j.ArgsJson(),
-                ["train"] = new JsonArray(j.TrainCommand().Append("--output-dir").Append(JobDirectory(j))
-                    .Select(a => (JsonNode)JsonValue.Create(a)!).ToArray()),
+                ["train"] = new JsonArray(TrainArguments(j, [], resume: false).Select(a => (JsonNode)JsonValue.Create(a)!).ToArray()),
             }).ToArray()),
             ["launches"] = new JsonArray(launches.Select(l => (JsonNode)l.ToJson()).ToArray()),
         };
         AtomicFile.WriteAllText(Path, root.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
     }
+
+    /// <summary>A job's training arguments (after <see cref="ITrainCommandLine.Command"/>): its own, then
+    /// <paramref name="launchArgs"/>, its folder, and the resume switch when <paramref name="resume"/>.</summary>
+    public IReadOnlyList<string> TrainArguments(SweepJob job, IReadOnlyList<string> launchArgs, bool resume) =>
+        [.. CommandLine.JobArguments(job), .. launchArgs, CommandLine.OutputDirFlag, JobDirectory(job), .. (resume ? [CommandLine.ResumeFlag] : Array.Empty<string>())];
 
     /// <summary>The state of a job from its folder.</summary>
     public JobState StateOf(SweepJob job)
