@@ -1,0 +1,226 @@
+/// ONNX export: ONNX Runtime's logits and routing against TorchSharp's eval forward pass for dense, distilled, SF-MoE
+/// (every deterministic policy, per-image capacity, dropless) and GMoE (cosine top-1, batch capacity, priority) ViTs
+/// and both CNNs, on random inputs, inputs with exact ties and real MNIST digits; the ONNX checker on every file.
+module SfMoe.Core.Tests.OnnxTests
+
+open System
+open System.Diagnostics
+open System.IO
+open Expecto
+open TorchSharp
+open Microsoft.ML.OnnxRuntime
+open SfMoe
+open SfMoe.Core
+open SfMoe.Core.Tensors
+open SfMoe.Core.Config
+open SfMoe.Core.Onnx
+open SfMoe.Core.Tests.Support
+
+/// What ONNX Runtime returned for one output.
+type OrtOutput =
+    { Shape: int64[]
+      Floats: float32[]
+      Longs: int64[]
+      Bools: bool[] }
+
+let export (o: OnnxExport.Options) (arch: Architecture) (net: Networks.Network) : byte[] =
+    use ms = new MemoryStream()
+    OnnxExport.write o arch net [ "backbone", Architecture.backbone arch ] ms
+    ms.ToArray()
+
+/// Run a model on images (B, C, H, W); every output by name.
+let runOrt (model: byte[]) (x: torch.Tensor) : Map<string, OrtOutput> =
+    use so = new SessionOptions(IntraOpNumThreads = 2)
+    use session = new InferenceSession(model, so)
+    use xc = x.contiguous ()
+    let data = xc.data<float32>().ToArray()
+    use input = OrtValue.CreateTensorValueFromMemory(data, x.shape)
+    use ro = new RunOptions()
+    let names = session.OutputNames |> Seq.toArray
+    use outs = session.Run(ro, [| OnnxExport.inputName |], [| input |], names)
+    Seq.zip names outs
+    |> Seq.map (fun (n, v) ->
+        let info = v.GetTensorTypeAndShape()
+        let empty = { Shape = info.Shape; Floats = [||]; Longs = [||]; Bools = [||] }
+        n,
+        match info.ElementDataType with
+        | Tensors.TensorElementType.Float -> { empty with Floats = v.GetTensorDataAsSpan<float32>().ToArray() }
+        | Tensors.TensorElementType.Int64 -> { empty with Longs = v.GetTensorDataAsSpan<int64>().ToArray() }
+        | Tensors.TensorElementType.Bool -> { empty with Bools = v.GetTensorDataAsSpan<bool>().ToArray() }
+        | t -> failwithf "unexpected output type %O" t)
+    |> Map.ofSeq
+
+/// TorchSharp's eval forward pass: logits and routing records.
+let reference (net: Networks.Network) (x: torch.Tensor) : torch.Tensor * (int * Moe.Record) list =
+    net.SetTraining false
+    use _ = torch.no_grad ()
+    let o = Networks.forward net None true x
+    o.Aux.Dispose()
+    o.Logits, o.Routing
+
+let private vit (name: string) (edit: VitConfig -> VitConfig) = VitArch(edit (ModelSpec.vitNamed name))
+let private withMoe (f: MoeConfig -> MoeConfig) (c: VitConfig) = { c with Moe = f c.Moe }
+
+/// Random normal images of the architecture's shape.
+let randomImages (arch: Architecture) (seed: int64) (b: int) =
+    use g = generator seed Dd.cpu
+    let s = int64 (Architecture.imgSize arch)
+    torch.randn([| int64 b; int64 (Architecture.inChans arch); s; s |], generator = g)
+
+/// Images with exact ties: blank images, repeated images, and images constant over large areas.
+let tiedImages (arch: Architecture) (b: int) =
+    let s = int64 (Architecture.imgSize arch)
+    let c = int64 (Architecture.inChans arch)
+    use g = generator 7L Dd.cpu
+    use one = torch.randn([| 1L; c; s; s |], generator = g)
+    let imgs =
+        [| for i in 0 .. b - 1 ->
+               match i % 3 with
+               | 0 -> torch.zeros([| 1L; c; s; s |])
+               | 1 -> one.clone ()
+               | _ ->
+                   let t = torch.zeros([| 1L; c; s; s |])
+                   use half = t.narrow(2L, 0L, s / 2L)
+                   half.fill_(Scalars.constant (float i * 0.25)) |> ignore
+                   t |]
+    let x = torch.cat(imgs, 0L)
+    for t in imgs do t.Dispose()
+    x
+
+/// MNIST test digits from SFMOE_DATA_DIR (MNIST/raw/t10k-images-idx3-ubyte) as (B, C, size, size) in [0, 1],
+/// zero-padded to the size and repeated over channels; None without the data.
+let mnistImages (arch: Architecture) (b: int) : torch.Tensor option =
+    let dir = Environment.GetEnvironmentVariable "SFMOE_DATA_DIR"
+    let path = if isNull dir then "" else Path.Combine(dir, "MNIST", "raw", "t10k-images-idx3-ubyte")
+    if not (File.Exists path) then None
+    else
+        let bytes = File.ReadAllBytes path
+        let s = int64 (Architecture.imgSize arch)
+        let c = int64 (Architecture.inChans arch)
+        let pixels = Array.init (b * 28 * 28) (fun i -> float32 bytes[16 + i] / 255.0f)
+        use digits = torch.tensor(pixels, ReadOnlySpan<int64>([| int64 b; 1L; 28L; 28L |]))
+        let pad = max 0L (s - 28L)
+        use padded = torch.nn.functional.pad(digits, [| pad / 2L; pad - pad / 2L; pad / 2L; pad - pad / 2L |])
+        use cropped = padded.narrow(2L, 0L, s).narrow(3L, 0L, s)
+        Some(cropped.expand(-1L, c, -1L, -1L).contiguous ())
+
+/// ONNX Runtime's logits within `tol` relative (to the largest reference logit) of TorchSharp's, and the same
+/// routing (chosen experts and kept choices of every sparse block).
+/// Returns the number of dropped (not dispatched or over capacity) choices.
+let expectParity (tol: float) (what: string) (model: byte[]) (net: Networks.Network) (x: torch.Tensor) : int =
+    let ort = runOrt model x
+    let logits, routing = reference net x
+    use logits = logits
+    let o = ort[OnnxExport.outputName]
+    Expect.sequenceEqual o.Shape logits.shape (what + ": logits shape")
+    use actual = torch.tensor(o.Floats, ReadOnlySpan<int64>(o.Shape))
+    expectClose tol (what + ": logits") actual logits
+    if Environment.GetEnvironmentVariable "SFMOE_ONNX_REPORT" = "1" then printfn "PARITY %s: %.3g" what (relErr actual logits)
+    let mutable dropped = 0
+    for i, r in routing do
+        use r = r
+        match Map.tryFind (sprintf "routing.%d.index" i) ort, Map.tryFind (sprintf "routing.%d.kept" i) ort with
+        | Some idx, Some kept ->
+            Expect.sequenceEqual idx.Longs (r.Index.contiguous().data<int64>().ToArray()) (sprintf "%s: block %d experts" what i)
+            Expect.sequenceEqual kept.Bools (r.Kept.contiguous().data<bool>().ToArray()) (sprintf "%s: block %d kept choices" what i)
+            dropped <- dropped + (kept.Bools |> Array.filter not |> Array.length)
+        | _ -> failwithf "%s: the export has no routing outputs for block %d" what i
+    dropped
+
+/// Build, export with routing outputs, and compare on several inputs; `drops`: some choice must be dropped (the
+/// capacity or policy under test acts).
+let parityCaseWith (drops: bool) (name: string) (arch: Architecture) (o: OnnxExport.Options) (inputs: (string * (unit -> torch.Tensor option)) list) =
+    test name {
+        let net = Networks.build arch Dd.cpu 3L 0.0
+        use _ = net.Module
+        let model = export { o with RoutingOutputs = true } arch net
+        let mutable dropped = 0
+        for what, make in inputs do
+            match make () with
+            | Some x ->
+                use x = x
+                dropped <- dropped + expectParity 1e-4 (sprintf "%s, %s" name what) model net x
+            | None -> ()
+        if drops then Expect.isGreaterThan dropped 0 (name + ": no choice was dropped; the case tests nothing")
+    }
+
+let parityCase = parityCaseWith false
+
+let private standardInputs (arch: Architecture) (batches: int list) =
+    [ for b in batches do
+          yield sprintf "random batch %d" b, (fun () -> Some(randomImages arch (int64 b) b))
+      yield "tied inputs", (fun () -> Some(tiedImages arch (List.max batches)))
+      yield "MNIST digits", (fun () -> mnistImages arch (List.max batches)) ]
+
+let private dyn = OnnxExport.defaults
+
+/// The ONNX checker of Debian's python3-onnx (opset <= 17), or None where it is missing.
+let private checker =
+    lazy
+        (let py = "/usr/bin/python3"
+         if not (File.Exists py) then None
+         else
+             let psi = ProcessStartInfo(py, [| "-c"; "import onnx" |], RedirectStandardError = true)
+             use p = Process.Start psi
+             p.WaitForExit()
+             if p.ExitCode = 0 then Some py else None)
+
+let checkModel (path: string) : Result<unit, string> =
+    match checker.Force() with
+    | None -> Error "python3-onnx is not installed"
+    | Some py ->
+        let script = "import onnx, sys; m = onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); print('ok', m.opset_import[0].version)"
+        let psi = ProcessStartInfo(py, [| "-c"; script; path |], RedirectStandardError = true, RedirectStandardOutput = true)
+        use p = Process.Start psi
+        let out = p.StandardOutput.ReadToEnd()
+        let err = p.StandardError.ReadToEnd()
+        p.WaitForExit()
+        if p.ExitCode = 0 && out.StartsWith "ok" then Ok() else Error(err + out)
+
+let private sfmoe = "sfmoe_test_patch8_32"
+let private gmoe = "gmoe_test_patch8_32"
+
+let private perImagePolicies =
+    [ "all", SecondAll; "none", SecondNone; "threshold 0.2", SecondThreshold 0.2; "threshold 0.45", SecondThreshold 0.45 ]
+
+[<Tests>]
+let tests =
+    testList "onnx" [
+        testList "parity" [
+            let a = vit "vit_test_patch8_32" id
+            parityCase "dense ViT" a dyn (standardInputs a [ 1; 3 ])
+            let a = vit "deit_test_distilled_patch8_32" id
+            parityCase "distilled ViT" a dyn (standardInputs a [ 2 ])
+            for pname, policy in perImagePolicies do
+                // cf 1.0 at 17 tokens and 4 experts: capacity 4 per image, so choices are dropped.
+                for cf in [ 1.0; 2.0 ] do
+                    let a = vit sfmoe (withMoe (fun m -> { m with SecondPolicy = policy; CapacityEval = Factor cf }))
+                    parityCaseWith (cf < 2.0 || policy <> SecondAll) (sprintf "SF-MoE top-2 %s, per-image capacity factor %g" pname cf) a dyn (standardInputs a [ 1; 4 ])
+            let a = vit sfmoe (withMoe (fun m -> { m with SecondPolicy = SecondThreshold 0.2; CapacityEval = Dropless }))
+            parityCase "SF-MoE top-2 threshold, dropless" a dyn (standardInputs a [ 3 ])
+            let a = vit sfmoe (withMoe (fun m -> { m with SecondPolicy = SecondAll; Scope = PerImage 0; CapacityEval = Factor 0.5; BatchPrioritized = true }))
+            parityCaseWith true "SF-MoE top-2 all, per-image priority, capacity 2" a dyn (standardInputs a [ 3 ])
+            let a = vit gmoe id
+            parityCase "GMoE cosine top-1, batch capacity, priority (dynamic batch)" a dyn (standardInputs a [ 1; 2; 5 ])
+            parityCase "GMoE cosine top-1, batch capacity, priority (batch 4)" a { dyn with Batch = Some 4 } (standardInputs a [ 4 ])
+            let a = vit gmoe (withMoe (fun m -> { m with CapacityEval = Factor 0.5 }))
+            parityCaseWith true "GMoE cosine top-1, batch capacity factor 0.5" a dyn (standardInputs a [ 3 ])
+            let a = vit gmoe (withMoe (fun m -> { m with TopK = 2; SecondPolicy = SecondThreshold 0.3; CapacityEval = Factor 1.0 }))
+            parityCaseWith true "GMoE cosine top-2 threshold, batch capacity (dynamic batch)" a dyn (standardInputs a [ 2; 5 ])
+            test "the random policy served as threshold equals a threshold model" {
+                let a = vit sfmoe (withMoe (fun m -> { m with SecondPolicy = SecondRandom 0.3 }))
+                let t = vit sfmoe (withMoe (fun m -> { m with SecondPolicy = SecondThreshold 0.3 }))
+                let net = Networks.build a Dd.cpu 3L 0.0
+                use _ = net.Module
+                let twin = Networks.build t Dd.cpu 3L 0.0
+                use _ = twin.Module
+                let model = export { dyn with RandomAsThreshold = true; RoutingOutputs = true } a net
+                use x = randomImages a 5L 4
+                expectParity 1e-4 "random as threshold" model twin x |> ignore
+            }
+            let a = CnnArch { Kind = MnistCnn; InChans = 2; NumClasses = 2; ImgSize = 28 }
+            parityCase "MNIST_CNN" a dyn (standardInputs a [ 1; 4 ])
+            let a = ModelSpec.resolve { ModelSpec.named "resnet50" with NumClasses = Some 7 }
+            parityCase "ResNet-50" a dyn [ "random batch 2", (fun () -> Some(randomImages a 2L 2)) ]
+        ]
+    ]
