@@ -165,23 +165,57 @@ let private checker =
              p.WaitForExit()
              if p.ExitCode = 0 then Some py else None)
 
-let checkModel (path: string) : Result<unit, string> =
+/// Run the ONNX checker (with shape inference) on files; one line per file: "ok PATH" or "FAIL PATH: error".
+let checkModels (paths: string list) : string list =
     match checker.Force() with
-    | None -> Error "python3-onnx is not installed"
+    | None -> failwith "python3-onnx is not installed"
     | Some py ->
-        let script = "import onnx, sys; m = onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); print('ok', m.opset_import[0].version)"
-        let psi = ProcessStartInfo(py, [| "-c"; script; path |], RedirectStandardError = true, RedirectStandardOutput = true)
+        let script =
+            "import onnx, sys\n"
+            + "for p in sys.argv[1:]:\n"
+            + "    try:\n"
+            + "        onnx.checker.check_model(onnx.load(p), full_check=True); print('ok', p)\n"
+            + "    except Exception as e:\n"
+            + "        print('FAIL', p + ':', str(e).replace(chr(10), ' '))\n"
+        let psi = ProcessStartInfo(py, RedirectStandardError = true, RedirectStandardOutput = true)
+        psi.ArgumentList.Add "-c"
+        psi.ArgumentList.Add script
+        for p in paths do psi.ArgumentList.Add p
         use p = Process.Start psi
         let out = p.StandardOutput.ReadToEnd()
         let err = p.StandardError.ReadToEnd()
         p.WaitForExit()
-        if p.ExitCode = 0 && out.StartsWith "ok" then Ok() else Error(err + out)
+        if p.ExitCode <> 0 then failwithf "the checker failed: %s" err
+        out.Split('\n', StringSplitOptions.RemoveEmptyEntries) |> List.ofArray
 
 let private sfmoe = "sfmoe_test_patch8_32"
 let private gmoe = "gmoe_test_patch8_32"
 
 let private perImagePolicies =
     [ "all", SecondAll; "none", SecondNone; "threshold 0.2", SecondThreshold 0.2; "threshold 0.45", SecondThreshold 0.45 ]
+
+/// The message of the exception of type 'E that f throws.
+let throwsMessage<'E when 'E :> exn> (f: unit -> unit) : string =
+    try
+        f ()
+        failtestf "expected %s, nothing was thrown" typeof<'E>.Name
+    with
+    | :? 'E as e -> e.Message
+
+/// Every kind of export the tests cover, for the checker.
+let private exportsToCheck () : (string * Architecture * OnnxExport.Options) list =
+    let hybrid = ModelSpec.resolve { ModelSpec.named "hybrid_sfmoe_small_r26_s32_224" with ImgSize = Some 64; NumClasses = Some 5 }
+    [ yield "vit", vit "vit_test_patch8_32" id, dyn
+      yield "deit-distilled", vit "deit_test_distilled_patch8_32" id, { dyn with Batch = Some 2 }
+      for pname, policy in ("random", SecondRandom 0.2) :: perImagePolicies do
+          yield sprintf "sfmoe-%s" (pname.Replace(' ', '-')), vit sfmoe (withMoe (fun m -> { m with SecondPolicy = policy })), { dyn with RoutingOutputs = true }
+      yield "sfmoe-dropless-priority", vit sfmoe (withMoe (fun m -> { m with CapacityEval = Dropless; BatchPrioritized = true })), dyn
+      yield "gmoe-dynamic", vit gmoe id, { dyn with RoutingOutputs = true }
+      yield "gmoe-batch3", vit gmoe id, { dyn with Batch = Some 3 }
+      yield "gmoe-top2", vit gmoe (withMoe (fun m -> { m with TopK = 2; SecondPolicy = SecondThreshold 0.3 })), dyn
+      yield "hybrid-sfmoe", hybrid, dyn
+      yield "mnist-cnn", CnnArch { Kind = MnistCnn; InChans = 2; NumClasses = 2; ImgSize = 28 }, dyn
+      yield "resnet50", ModelSpec.resolve { ModelSpec.named "resnet50" with NumClasses = Some 7 }, dyn ]
 
 [<Tests>]
 let tests =
@@ -218,9 +252,107 @@ let tests =
                 use x = randomImages a 5L 4
                 expectParity 1e-4 "random as threshold" model twin x |> ignore
             }
+            test "the random policy with threshold 0 dispatches every second choice" {
+                let a = vit sfmoe (withMoe (fun m -> { m with SecondPolicy = SecondRandom 0.0 }))
+                let all = vit sfmoe (withMoe (fun m -> { m with SecondPolicy = SecondAll }))
+                let net = Networks.build a Dd.cpu 3L 0.0
+                use _ = net.Module
+                let twin = Networks.build all Dd.cpu 3L 0.0
+                use _ = twin.Module
+                use x = randomImages a 6L 3
+                expectParity 1e-4 "random policy, threshold 0" (export { dyn with RoutingOutputs = true } a net) twin x |> ignore
+            }
+            test "the random policy dispatches second choices with probability gate2 / threshold" {
+                let t = 0.5
+                let a = vit sfmoe (withMoe (fun m -> { m with SecondPolicy = SecondRandom t; CapacityEval = Dropless }))
+                let net = Networks.build a Dd.cpu 3L 0.0
+                use _ = net.Module
+                let model = export { dyn with RoutingOutputs = true } a net
+                use x = randomImages a 8L 48
+                let ort = runOrt model x
+                let _, routing = reference net x
+                let mutable expected, variance, observed = 0.0, 0.0, 0
+                // Only the first sparse block sees the same input in both: later blocks depend on the draws.
+                for i, r in routing |> List.truncate 1 do
+                    let idx = ort[sprintf "routing.%d.index" i]
+                    Expect.sequenceEqual idx.Longs (r.Index.contiguous().data<int64>().ToArray()) "the choices are deterministic"
+                    let gates = r.Gate.contiguous().data<float32>().ToArray()
+                    let kept = ort[sprintf "routing.%d.kept" i].Bools
+                    for j in 0 .. gates.Length / 2 - 1 do
+                        Expect.isTrue kept[2 * j] "first choices are kept (dropless)"
+                        let p = min 1.0 (float gates[2 * j + 1] / t)
+                        expected <- expected + p
+                        variance <- variance + p * (1.0 - p)
+                        if kept[2 * j + 1] then observed <- observed + 1
+                for _, r in routing do (r :> IDisposable).Dispose()
+                Expect.isLessThan (abs (float observed - expected)) (5.0 * sqrt variance + 1.0)
+                    (sprintf "%d second choices dispatched, %.1f expected (sd %.1f)" observed expected (sqrt variance))
+                Expect.isLessThan (float observed) (expected * 2.0) "far fewer than all are dispatched"
+            }
             let a = CnnArch { Kind = MnistCnn; InChans = 2; NumClasses = 2; ImgSize = 28 }
             parityCase "MNIST_CNN" a dyn (standardInputs a [ 1; 4 ])
+            let a = ModelSpec.resolve { ModelSpec.named "hybrid_sfmoe_small_r26_s32_224" with ImgSize = Some 64; NumClasses = Some 5 }
+            parityCase "hybrid SF-MoE (ResNetV2 stem) at 64x64" a dyn [ "random batch 2", (fun () -> Some(randomImages a 2L 2)) ]
             let a = ModelSpec.resolve { ModelSpec.named "resnet50" with NumClasses = Some 7 }
             parityCase "ResNet-50" a dyn [ "random batch 2", (fun () -> Some(randomImages a 2L 2)) ]
+            for opset in [ 18; 21 ] do
+                let a = vit gmoe (withMoe (fun m -> { m with TopK = 2; SecondPolicy = SecondThreshold 0.3 }))
+                parityCase (sprintf "GMoE top-2 at opset %d" opset) a { dyn with Opset = opset } (standardInputs a [ 3 ])
+                let a = CnnArch { Kind = MnistCnn; InChans = 1; NumClasses = 10; ImgSize = 28 }
+                parityCase (sprintf "MNIST_CNN at opset %d" opset) a { dyn with Opset = opset } (standardInputs a [ 2 ])
         ]
+        test "the ONNX checker accepts every kind of export" {
+            match checker.Force() with
+            | None -> skiptest "python3-onnx is not installed (Debian: apt-get install python3-onnx)"
+            | Some _ ->
+                let dir = Directory.CreateTempSubdirectory("sfmoe-onnx-check-").FullName
+                try
+                    let paths =
+                        [ for name, arch, o in exportsToCheck () ->
+                              let net = Networks.build arch Dd.cpu 1L 0.0
+                              use _ = net.Module
+                              let path = Path.Combine(dir, name + ".onnx")
+                              File.WriteAllBytes(path, export o arch net)
+                              path ]
+                    let lines = checkModels paths
+                    let failed = lines |> List.filter (fun l -> not (l.StartsWith "ok "))
+                    Expect.isEmpty failed "checker errors"
+                    Expect.equal lines.Length paths.Length "one verdict per file"
+                finally
+                    Directory.Delete(dir, true)
+        }
+        testList "errors" [
+            let a = vit sfmoe id
+            for opset in [ 16; 22 ] do
+                test (sprintf "opset %d is refused, naming the supported range" opset) {
+                    let net = Networks.build a Dd.cpu 1L 0.0
+                    use _ = net.Module
+                    let msg = throwsMessage<ConfigException> (fun () -> export { dyn with Opset = opset } a net |> ignore)
+                    Expect.stringContains msg (sprintf "opset %d" opset) "names the opset"
+                    Expect.stringContains msg "17 to 21" "names the range"
+                }
+            test "a batch size of 0 is refused" {
+                let net = Networks.build a Dd.cpu 1L 0.0
+                use _ = net.Module
+                let msg = throwsMessage<ConfigException> (fun () -> export { dyn with Batch = Some 0 } a net |> ignore)
+                Expect.stringContains msg "batch size" "names the setting"
+            }
+        ]
+        test "metadata: the caller's keys, the format, and whether the graph is stochastic" {
+            let meta (policy: SecondPolicy) (asThreshold: bool) =
+                let a = vit sfmoe (withMoe (fun m -> { m with SecondPolicy = policy }))
+                let net = Networks.build a Dd.cpu 1L 0.0
+                use _ = net.Module
+                use so = new SessionOptions()
+                use s = new InferenceSession(export { dyn with RandomAsThreshold = asThreshold } a net, so)
+                s.ModelMetadata.CustomMetadataMap
+            let m = meta (SecondRandom 0.2) false
+            Expect.equal m["format"] OnnxExport.format "format"
+            Expect.equal m["backbone"] "vit" "the caller's key"
+            Expect.equal m["stochastic"] "true" "random policy"
+            let served = meta (SecondRandom 0.2) true
+            Expect.equal served["stochastic"] "false" "served as threshold"
+            let threshold = meta (SecondThreshold 0.2) false
+            Expect.equal threshold["stochastic"] "false" "threshold policy"
+        }
     ]

@@ -40,7 +40,7 @@ let convWith (g: Graph) (key: string) (weight: Tensor) (bias: Tensor option) (st
 /// A Conv2d module as configured (symmetric padding, square stride).
 let conv (g: Graph) (key: string) (c: Conv2d) (x: string) : string =
     if c.groups <> 1L || c.dilation |> Array.exists ((<>) 1L) then
-        invalidOp (sprintf "%s: grouped or dilated convolutions are not exported" key)
+        SfMoe.Fail.checkpoint "%s: a grouped or dilated convolution (groups %d, dilation %A) has no ONNX export here" key c.groups c.dilation
     let ph, pw = c.padding[0], c.padding[c.padding.Length - 1]
     convWith g key c.weight (Option.ofObj (c.bias :> Tensor)) c.stride[0] (ph, pw, ph, pw) x
 
