@@ -15,13 +15,12 @@ var options = new TrainOptions
 {
     Dataset = "Synthetic",
     TestEnvs = new[] { 0 },
-    Algorithm = "SFMoE",
+    Algorithm = Algorithm.SFMoE,
     Model = "sfmoe_test_patch8_32",
     Steps = steps,
     CheckpointFreq = Math.Max(1, steps / 2),
     SyntheticSize = 200,
     OutputDir = outDir,
-    Quiet = true,
 };
 var result = Trainer.Run(options, p =>
 {

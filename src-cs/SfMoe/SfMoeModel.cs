@@ -13,8 +13,9 @@ public sealed record BlockInfo(string Name, string Kind, long Parameters);
 /// <summary>A registry entry.</summary>
 public sealed record ModelInfo(string Name, string Pattern, int EmbedDim, int Depth, int Heads, int PatchSize, int ImageSize, bool Distilled, long Parameters, string Description);
 
-/// <summary>What one sparse block did with its tokens (docs/moe.md §8). Part of a <see cref="ModelOutput"/>.</summary>
-public sealed class RoutingRecord
+/// <summary>What one sparse block did with its tokens (docs/moe.md §8). Part of a <see cref="ModelOutput"/>, which
+/// disposes it; dispose it yourself only if you take it out of its output.</summary>
+public sealed class RoutingRecord : IDisposable
 {
     internal RoutingRecord(int block, Moe.Record r)
     {
@@ -39,7 +40,8 @@ public sealed class RoutingRecord
     /// <summary>The balance loss before its weight.</summary>
     public double BalanceLoss { get; }
 
-    internal void Dispose()
+    /// <summary>Frees the record's tensors.</summary>
+    public void Dispose()
     {
         Index.Dispose(); Gate.Dispose(); Kept.Dispose(); Probs.Dispose(); Load.Dispose();
     }

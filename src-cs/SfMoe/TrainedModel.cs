@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using SfMoe.Checkpoints;
 using SfMoe.Core;
 using SfMoe.Data;
@@ -99,9 +100,12 @@ public sealed class TrainedModel : IDisposable
 
     /// <summary>
     /// Accuracy on every environment's in and out split (DomainBed's splits for <paramref name="trialSeed"/>),
-    /// with the eval transform. Unreadable images are skipped (and counted out).
+    /// with the eval transform. Unreadable images are skipped (and counted out), each with a warning to
+    /// <paramref name="logger"/>.
     /// </summary>
-    public EvaluationResult Evaluate(IMultiDomainDataset dataset, int trialSeed = 0, double holdout = 0.2, int batchSize = 64, int workers = 1)
+    /// <exception cref="OperationCanceledException"><paramref name="ct"/> was cancelled.</exception>
+    public EvaluationResult Evaluate(IMultiDomainDataset dataset, int trialSeed = 0, double holdout = 0.2, int batchSize = 64, int workers = 1,
+                                     ILogger? logger = null, CancellationToken ct = default)
     {
         var spec = dataset.Spec;
         if (spec.Classes.Count != Header.NumClasses)
@@ -109,7 +113,7 @@ public sealed class TrainedModel : IDisposable
         if (spec.Channels != Header.InChannels)
             throw new DatasetException($"the model takes {Header.InChannels}-channel inputs, {spec.Name} has {spec.Channels}");
         var pre = Preprocessor(spec);
-        using var log = new RunLog(null, quiet: true);
+        using var log = new RunLog(null, logger);
         var loader = new SafeLoader(log);
         var accs = new Dictionary<string, double>();
         var counts = new Dictionary<string, int>();
@@ -121,7 +125,7 @@ public sealed class TrainedModel : IDisposable
             {
                 var split = new EvalSplit(name, env, idx, pre);
                 split.Prepare(loader, keep: false, workers);
-                accs[name] = split.Accuracy(Logits, loader, batchSize, workers, _device);
+                accs[name] = split.Accuracy(x => { ct.ThrowIfCancellationRequested(); return Logits(x); }, loader, batchSize, workers, _device);
                 counts[name] = split.ReadableCount;
             }
         }

@@ -556,7 +556,13 @@ let train (a: ParseResults<TrainArgs>) =
     o.DataDir <- a.TryGetResult TrainArgs.Data_Dir |> Option.toObj
     let tes = a.GetResults TrainArgs.Test_Env
     if not tes.IsEmpty then o.TestEnvs <- ResizeArray tes
-    o.Algorithm <- a.GetResult(TrainArgs.Algorithm, defaultValue = "SFMoE")
+    o.Algorithm <-
+        a.GetResult(TrainArgs.Algorithm, defaultValue = "SFMoE")
+        |> fun s ->
+            match [ "ERM", Runs.Algorithm.ERM; "SFMoE", Runs.Algorithm.SFMoE; "GMoE", Runs.Algorithm.GMoE ]
+                  |> List.tryFind (fun (n, _) -> String.Equals(n, s, StringComparison.OrdinalIgnoreCase)) with
+            | Some(_, v) -> v
+            | None -> fail "unknown algorithm %s: expected ERM, SFMoE or GMoE" s
     o.Model <- a.TryGetResult TrainArgs.Model |> Option.toObj
     match a.TryGetResult TrainArgs.Model_Config with
     | Some path ->
@@ -570,7 +576,7 @@ let train (a: ParseResults<TrainArgs>) =
     o.BatchSize <- a.TryGetResult TrainArgs.Batch_Size |> Option.map (positive "batch-size") |> Option.toNullable
     o.Lr <- a.TryGetResult TrainArgs.Lr |> Option.map (fun x -> if x > 0.0 then x else fail "--lr must be > 0, got %g" x) |> Option.toNullable
     o.WeightDecay <- a.TryGetResult TrainArgs.Weight_Decay |> Option.map (fun x -> if x >= 0.0 then x else fail "--weight-decay must be >= 0, got %g" x) |> Option.toNullable
-    o.Optimizer <- a.GetResult(TrainArgs.Optimizer, defaultValue = "adam")
+    o.Optimizer <- choice "--optimizer" [ "adam", Runs.Optimizer.Adam; "adamw", Runs.Optimizer.AdamW ] (a.GetResult(TrainArgs.Optimizer, defaultValue = "adam"))
     o.Seed <- a.GetResult(TrainArgs.Seed, defaultValue = 0)
     o.TrialSeed <- a.GetResult(TrainArgs.Trial_Seed, defaultValue = 0)
     o.HparamsSeed <- a.GetResult(TrainArgs.Hparams_Seed, defaultValue = 0)
@@ -585,14 +591,15 @@ let train (a: ParseResults<TrainArgs>) =
     o.RecordTimings <- not (a.Contains TrainArgs.No_Timings)
     o.Pretrained <- a.TryGetResult TrainArgs.Pretrained |> Option.toObj
     o.PretrainedFormat <- a.TryGetResult TrainArgs.Pretrained_Format |> Option.toObj
-    o.Experts <- a.TryGetResult TrainArgs.Experts |> Option.toObj
-    o.Quiet <- a.Contains TrainArgs.Quiet
-    let live = not o.Quiet && not Console.IsOutputRedirected
+    o.Experts <- a.TryGetResult TrainArgs.Experts |> Option.map (choice "--experts" experts) |> Option.toNullable
+    let quiet = a.Contains TrainArgs.Quiet
+    o.Logger <- ConsoleLogger(if quiet then Microsoft.Extensions.Logging.LogLevel.Warning else Microsoft.Extensions.Logging.LogLevel.Information)
+    let live = not quiet && not Console.IsOutputRedirected
     let mutable lastPrint = DateTime.MinValue
     let progress =
         { new IProgress<Runs.TrainProgress> with
             member _.Report p =
-                if not o.Quiet then
+                if not quiet then
                     let line =
                         sprintf "step %d/%d  loss %.4f  aux %.4f  %.0f ms/step  ETA %s" (p.Step + 1) p.TotalSteps p.Loss p.AuxLoss
                             (p.StepTimeSeconds * 1000.0) (p.Eta.ToString(@"hh\:mm\:ss"))

@@ -99,10 +99,9 @@ let import (a: ParseResults<ImportArgs>) =
     o.NumClasses <- a.TryGetResult ImportArgs.Num_Classes |> Option.map (fun k -> if k < 1 then fail "--num-classes must be >= 1, got %d" k else k) |> Option.toNullable
     o.ImageSize <- a.TryGetResult ImportArgs.Img_Size |> Option.map (fun s -> if s < 1 then fail "--img-size must be >= 1, got %d" s else s) |> Option.toNullable
     o.Experts <-
-        match a.TryGetResult ImportArgs.Experts with
-        | Some("copy" | "random" as e) -> e
-        | Some e -> fail "--experts must be copy or random, got %s" e
-        | None -> null
+        a.TryGetResult ImportArgs.Experts
+        |> Option.map (choice "--experts" experts)
+        |> Option.toNullable
     o.Normalization <-
         match a.TryGetResult ImportArgs.Normalization with
         | Some("imagenet" | "inception" as n) -> n

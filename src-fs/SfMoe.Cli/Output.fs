@@ -27,3 +27,27 @@ let json (value: obj) =
     JsonSerializer.Serialize(value, JsonSerializerOptions(WriteIndented = false))
 
 let thousands (n: int64) = n.ToString("N0", Globalization.CultureInfo.InvariantCulture)
+
+/// The CLI's logger for library messages: one plain line each on stderr ("warning: " before warnings), from
+/// `minLevel` up (--quiet: warnings only).
+type ConsoleLogger(minLevel: Microsoft.Extensions.Logging.LogLevel) =
+    interface Microsoft.Extensions.Logging.ILogger with
+        member _.BeginScope _ = null
+        member _.IsEnabled level = level >= minLevel && level <> Microsoft.Extensions.Logging.LogLevel.None
+        member this.Log(level, _, state, ex, formatter) =
+            if (this :> Microsoft.Extensions.Logging.ILogger).IsEnabled level then
+                let msg = formatter.Invoke(state, ex)
+                let prefix = if level >= Microsoft.Extensions.Logging.LogLevel.Warning then "warning: " else ""
+                lock Console.Error (fun () -> Console.Error.WriteLine(prefix + msg))
+
+/// A choice among named values, case-insensitively: the value, or a usage error naming the flag and the names.
+let choice (flag: string) (choices: (string * 'a) list) (s: string) =
+    match choices |> List.tryFind (fun (n, _) -> String.Equals(n, s, StringComparison.OrdinalIgnoreCase)) with
+    | Some(_, v) -> v
+    | None ->
+        let names = choices |> List.map fst
+        let listed = if names.Length < 2 then String.Join("", names) else String.Join(", ", List.take (names.Length - 1) names) + " or " + List.last names
+        fail "%s must be %s, got %s" flag listed s
+
+/// The expert policies of --experts (train and import).
+let experts = [ "copy", SfMoe.Runs.ExpertInit.Copy; "random", SfMoe.Runs.ExpertInit.Random ]

@@ -16,6 +16,22 @@ let private error (msg: string) =
     eprintfn "sfmoe: error: %s" line
     2
 
+/// Library messages name API members (TrainOptions.Resume); the CLI names its flags.
+let private apiToFlags =
+    [ "TrainOptions.PretrainedFormat", "--pretrained-format"
+      "TrainOptions.Pretrained", "--pretrained"
+      "TrainOptions.Experts", "--experts"
+      "TrainOptions.Resume", "--resume"
+      "TrainOptions.OutputDir", "--output-dir"
+      "TrainOptions.Threads", "--threads"
+      "TrainOptions.BatchSize", "--batch-size"
+      "TrainOptions.Steps", "--steps"
+      "TrainOptions.CheckpointFreq", "--checkpoint-freq"
+      "TrainOptions.TestEnvs", "--test-env" ]
+
+let private cliWords (msg: string) =
+    apiToFlags |> List.fold (fun (m: string) (api, flag) -> m.Replace(api, flag)) msg
+
 [<EntryPoint>]
 let main argv =
     try
@@ -67,5 +83,5 @@ let main argv =
         let first = (e.Message.Split('\n') |> Array.head).Replace("ERROR: ", "")
         error (first + " (see 'sfmoe --help')")
     | UsageError msg -> error msg
-    | :? SfMoeException as e -> error e.Message
+    | :? SfMoeException as e -> error (cliWords e.Message)
     | :? OperationCanceledException -> error "interrupted"

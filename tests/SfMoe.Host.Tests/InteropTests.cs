@@ -47,7 +47,7 @@ public class InteropTests : IDisposable
     {
         // 1. Import DeiT weights into an SF-MoE model (experts copied from the dense FFN).
         var imported = Out("imported.safetensors");
-        var r = Pretrained.Import(Fixture("deit_tiny.pth"), "deit", imported, new ImportOptions { ModelConfigJson = SfMoeConfig, Experts = "copy", Seed = 3 });
+        var r = Pretrained.Import(Fixture("deit_tiny.pth"), "deit", imported, new ImportOptions { ModelConfigJson = SfMoeConfig, Experts = SfMoe.Runs.ExpertInit.Copy, Seed = 3 });
         Assert.Equal(new[] { "blocks.1.mlp.fc1.weight", "blocks.1.mlp.fc2.weight" }, r.Report.Upcycled.Select(u => u.From));
         Assert.Equal(new[] { "head.weight", "head.bias", "head_dist.weight", "head_dist.bias" }, r.Report.Reinitialised.Select(k => k.Key));
         Assert.Null(r.Header.Dataset);
@@ -109,7 +109,7 @@ public class InteropTests : IDisposable
         Assert.Contains("refused global posix.system in posix_system.pth", ex.Message);
         ex = Assert.ThrowsAny<SfMoeException>(() => Pretrained.LoadInto(net, Fixture("deit_tiny.pth"), "keras"));
         Assert.Contains("unknown pretrained format keras", ex.Message);
-        ex = Assert.ThrowsAny<SfMoeException>(() => Pretrained.LoadInto(net, Fixture("deit_tiny.pth"), "deit", "clone"));
+        ex = Assert.ThrowsAny<SfMoeException>(() => Pretrained.ParseExperts("clone"));
         Assert.Contains("experts must be copy or random, got clone", ex.Message);
     }
 
@@ -120,7 +120,7 @@ public class InteropTests : IDisposable
             {"img_size": 32, "patch_size": 1, "embed_dim": 32, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0, "num_classes": 5, "pattern": "F,S",
              "moe": {"num_experts": 6}, "hybrid_backbone": {"layers": [1, 1], "channels": [64, 128], "stem_channels": 16, "num_groups": 8}}
             """;
-        var r = Pretrained.Import(Fixture("augreg_hybrid_tiny.npz"), "augreg", Out("h.safetensors"), new ImportOptions { ModelConfigJson = cfg, Experts = "copy" });
+        var r = Pretrained.Import(Fixture("augreg_hybrid_tiny.npz"), "augreg", Out("h.safetensors"), new ImportOptions { ModelConfigJson = cfg, Experts = SfMoe.Runs.ExpertInit.Copy });
         Assert.Equal(new[] { 0.5f, 0.5f, 0.5f }, r.Header.Mean);
         Assert.Equal(new[] { 0.5f, 0.5f, 0.5f }, r.Header.Std);
         Assert.Contains(r.Report.Ignored, k => k.Key == "blocks.1.mlp.fc1.bias");   // bias-free SF-MoE experts

@@ -51,19 +51,18 @@ public class TrainerTests : IDisposable
     readonly string _dir = Directory.CreateTempSubdirectory("sfmoe-train-").FullName;
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    TrainOptions Options(string name, string algorithm = "SFMoE", int steps = 25) => new()
+    TrainOptions Options(string name, Algorithm algorithm = Algorithm.SFMoE, int steps = 25) => new()
     {
         DatasetInstance = new ToyDataset(),
         TestEnvs = new[] { 2 },
         Algorithm = algorithm,
-        Model = algorithm == "ERM" ? "vit_test_patch8_32" : "sfmoe_test_patch8_32",
+        Model = algorithm == Algorithm.ERM ? "vit_test_patch8_32" : "sfmoe_test_patch8_32",
         Steps = steps,
         CheckpointFreq = 10,
         BatchSize = 8,
         Lr = 1e-3,
         OutputDir = Path.Combine(_dir, name),
         RecordTimings = false,
-        Quiet = true,
         Workers = 2,
     };
 
@@ -144,7 +143,7 @@ public class TrainerTests : IDisposable
         try
         {
             var o = Options("gc", steps: 40);
-            o.Algorithm = "GMoE";
+            o.Algorithm = Algorithm.GMoE;
             o.Model = "gmoe_test_patch8_32";
             Assert.True(Trainer.Run(o).Done);
             var o2 = Options("gc2", steps: 40);
@@ -164,7 +163,7 @@ public class TrainerTests : IDisposable
         o.ModelConfigJson = """{"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 4, "num_classes": 2, "distilled": true, "pattern": "F,S"}""";
         o.Pretrained = deit;
         o.PretrainedFormat = "deit";
-        o.Experts = "copy";
+        o.Experts = ExpertInit.Copy;
         o.Lr = 1e-12; // one step that changes nothing measurable: the saved model holds the imported weights
         Trainer.Run(o);
         var log = File.ReadAllText(Path.Combine(o.OutputDir, "log.txt"));
@@ -173,14 +172,14 @@ public class TrainerTests : IDisposable
         using var module = net.Module;
         var direct = Networks.build(ModelSpec.resolve(ModelSpec.ofJson(o.ModelConfigJson!)), Tensors.DdModule.cpu, 0, 0.0);
         using var dm = direct.Module;
-        Pretrained.LoadInto(direct, deit, "deit", "copy");
+        Pretrained.LoadInto(direct, deit, "deit", ExpertInit.Copy);
         var a = module.state_dict();
         var b = dm.state_dict();
         foreach (var key in new[] { "blocks.0.attn.qkv.weight", "pos_embed", "blocks.1.mlp.experts.w1" })
             Assert.True(a[key].allclose(b[key], rtol: 1e-6, atol: 1e-9), key);
         var bad = Options("pretrained-bad", steps: 1);
         bad.Pretrained = deit;
-        Assert.Contains("--pretrained needs --pretrained-format", Assert.ThrowsAny<SfMoeException>(() => Trainer.Run(bad)).Message);
+        Assert.Contains("TrainOptions.Pretrained needs TrainOptions.PretrainedFormat", Assert.ThrowsAny<SfMoeException>(() => Trainer.Run(bad)).Message);
     }
 
     [Fact]
@@ -192,9 +191,9 @@ public class TrainerTests : IDisposable
         o.TestEnvs = new[] { 0, 1, 2 };
         Assert.Equal("every environment of Toy is a test env: none is left to train on", Assert.ThrowsAny<SfMoeException>(() => Trainer.Run(o)).Message);
         o.TestEnvs = new[] { 0 };
-        o.Algorithm = "IRM";
-        Assert.Equal("unknown algorithm IRM: expected ERM, SFMoE or GMoE", Assert.ThrowsAny<SfMoeException>(() => Trainer.Run(o)).Message);
-        o.Algorithm = "SFMoE";
+        o.Algorithm = (Algorithm)7;
+        Assert.Equal("unknown algorithm 7: expected ERM, SFMoE or GMoE", Assert.ThrowsAny<SfMoeException>(() => Trainer.Run(o)).Message);
+        o.Algorithm = Algorithm.SFMoE;
         o.Model = "resnet50";
         Assert.Equal("SFMoE needs a ViT model with sparse blocks, not resnet50", Assert.ThrowsAny<SfMoeException>(() => Trainer.Run(o)).Message);
         var done = Options("twice", steps: 2);
@@ -249,7 +248,7 @@ public class TrainStreamTests
         var a = new Indexed("a", 50);
         var b = new Indexed("b", 10);
         var envs = new List<(IDomainEnvironment, int[])> { (a, Enumerable.Range(0, 50).ToArray()), (b, new[] { 1, 3, 5, 7 }) };
-        using var log = new RunLog(null, quiet: true);
+        using var log = new RunLog(null, null);
         using var s = new TrainStream(envs, 8, new Pre(), 42, 0, 2, new SafeLoader(log), CPU);
         var countsA = new int[50];
         var countsB = new Dictionary<long, int>();

@@ -19,10 +19,10 @@ public sealed class ImportOptions
     public int? NumClasses { get; set; }
     /// <summary>Input size; a different one than the checkpoint's resamples pos_embed (bicubic).</summary>
     public int? ImageSize { get; set; }
-    /// <summary>Experts of blocks that are sparse in the model but dense in the checkpoint: "copy" (the dense FFN in
-    /// every expert, GMoE) or "random" (left at their init, the authors' SF-MoE). Null: random for SF-MoE's linear
-    /// router, copy for GMoE's cosine router.</summary>
-    public string? Experts { get; set; }
+    /// <summary>Experts of blocks that are sparse in the model but dense in the checkpoint: Copy (the dense FFN in
+    /// every expert, GMoE) or Random (left at their init, the authors' SF-MoE). Null: Random for SF-MoE's linear
+    /// router, Copy for GMoE's cosine router.</summary>
+    public Runs.ExpertInit? Experts { get; set; }
     /// <summary>Normalisation recorded in the model file: "imagenet" or "inception" (mean = std = 0.5). Null: what the
     /// weights expect (0.5 for Google's augreg .npz, ImageNet statistics otherwise).</summary>
     public string? Normalization { get; set; }
@@ -124,12 +124,21 @@ public static class Pretrained
         CoreImport.FormatModule.tryParse(format) is { } f ? f.Value
         : throw new CheckpointException($"unknown pretrained format {format}: expected {CoreImport.FormatModule.names}");
 
-    internal static FSharpOption<Upcycle.ExpertInit>? ParseExperts(string? experts) => experts?.Trim().ToLowerInvariant() switch
+    /// <summary>An expert policy by name ("copy" or "random"; null or empty: the model's default).</summary>
+    internal static Runs.ExpertInit? ParseExperts(string? experts) => experts?.Trim().ToLowerInvariant() switch
     {
         null or "" => null,
-        "copy" => FSharpOption<Upcycle.ExpertInit>.Some(Upcycle.ExpertInit.CopyDense),
-        "random" => FSharpOption<Upcycle.ExpertInit>.Some(Upcycle.ExpertInit.KeepInit),
-        _ => throw new CheckpointException($"experts must be copy or random, got {experts}"),
+        "copy" => Runs.ExpertInit.Copy,
+        "random" => Runs.ExpertInit.Random,
+        _ => throw new ConfigException($"experts must be copy or random, got {experts}"),
+    };
+
+    static FSharpOption<Upcycle.ExpertInit>? CoreExperts(Runs.ExpertInit? experts) => experts switch
+    {
+        null => null,
+        Runs.ExpertInit.Copy => FSharpOption<Upcycle.ExpertInit>.Some(Upcycle.ExpertInit.CopyDense),
+        Runs.ExpertInit.Random => FSharpOption<Upcycle.ExpertInit>.Some(Upcycle.ExpertInit.KeepInit),
+        _ => throw new ConfigException($"experts must be Copy or Random, got {experts}"),
     };
 
     /// <summary>Reads a checkpoint into memory under SfMoe's names (the caller disposes it).</summary>
@@ -148,12 +157,12 @@ public static class Pretrained
     /// <param name="network">The network, built with the run's config and seed.</param>
     /// <param name="path">The checkpoint file.</param>
     /// <param name="format">deit, timm, augreg, sfmoe-dg, gmoe or torchvision.</param>
-    /// <param name="experts">copy, random, or null for the network's default (random for SF-MoE, copy for GMoE).</param>
+    /// <param name="experts">Copy, Random, or null for the network's default (Random for SF-MoE, Copy for GMoE).</param>
     /// <returns>What was loaded, resampled, re-initialised, upcycled and ignored, and the normalisation the weights expect.</returns>
     /// <exception cref="SfMoeException">Unreadable or unsafe file, unknown format, or keys that do not fit.</exception>
-    internal static ImportReport LoadInto(Networks.Network network, string path, string format, string? experts = null)
+    internal static ImportReport LoadInto(Networks.Network network, string path, string format, Runs.ExpertInit? experts = null)
     {
-        var mode = ParseExperts(experts);
+        var mode = CoreExperts(experts);
         using var src = Read(path, format);
         var r = CoreImport.loadInto(network, src, mode);
         return new ImportReport(r, src.Normalization, format);
@@ -167,7 +176,7 @@ public static class Pretrained
     public static ImportResult Import(string inputPath, string format, string outputPath, ImportOptions? options = null)
     {
         options ??= new ImportOptions();
-        var mode = ParseExperts(options.Experts);
+        var mode = CoreExperts(options.Experts);
         CoreImport.Normalization? norm = null;
         if (options.Normalization is not null)
             norm = CoreImport.NormalizationModule.tryParse(options.Normalization) is { } n ? n.Value

@@ -25,58 +25,8 @@ public interface IPreprocessor
     void ToInput(ImageU8 resized, Span<float> dest);
 }
 
-/// <summary>A run's log: info and warnings to a file and (unless quiet) stderr; thread-safe.</summary>
-public sealed class RunLog : IDisposable
-{
-    readonly StreamWriter? _file;
-    readonly bool _quiet;
-    readonly object _lock = new();
-    readonly ConcurrentDictionary<string, bool> _warnedOnce = new();
-    int _warnings;
-
-    /// <summary>Logs to <paramref name="path"/> (appending) when given.</summary>
-    public RunLog(string? path, bool quiet)
-    {
-        _quiet = quiet;
-        if (path is not null) _file = new StreamWriter(path, append: true) { AutoFlush = true };
-    }
-
-    /// <summary>Number of warnings so far.</summary>
-    public int Warnings => _warnings;
-
-    /// <summary>An informational line (file only when quiet).</summary>
-    public void Info(string message) => Write(message, warn: false);
-
-    /// <summary>A warning (counted).</summary>
-    public void Warn(string message)
-    {
-        Interlocked.Increment(ref _warnings);
-        Write("warning: " + message, warn: true);
-    }
-
-    /// <summary>A warning printed once per key (e.g. per bad file).</summary>
-    public bool WarnOnce(string key, string message)
-    {
-        if (!_warnedOnce.TryAdd(key, true)) return false;
-        Warn(message);
-        return true;
-    }
-
-    void Write(string message, bool warn)
-    {
-        lock (_lock)
-        {
-            _file?.WriteLine($"{DateTime.UtcNow:yyyy-MM-ddTHH:mm:ssZ} {message}");
-            if (!_quiet || warn) Console.Error.WriteLine(message);
-        }
-    }
-
-    /// <inheritdoc />
-    public void Dispose() => _file?.Dispose();
-}
-
 /// <summary>Deterministic seeds derived from integers (SplitMix64 mixing): per step, environment and sample.</summary>
-public static class SeedMix
+internal static class SeedMix
 {
     /// <summary>Mixes the values into one 32-bit seed.</summary>
     public static int Of(params long[] values)
@@ -99,7 +49,7 @@ public static class SeedMix
 /// Loads images, skipping unreadable ones with one warning each (DomainBed would crash on them), and keeps decoded
 /// images in memory up to a byte budget, so that training decodes each image once rather than at every epoch.
 /// </summary>
-public sealed class SafeLoader
+internal sealed class SafeLoader
 {
     readonly RunLog _log;
     readonly ConcurrentDictionary<(IDomainEnvironment, int), bool> _bad = new();
@@ -138,7 +88,7 @@ public sealed class SafeLoader
 }
 
 /// <summary>One training step's inputs: one (x, y) minibatch per training environment, in environment order.</summary>
-public sealed class StepBatch : IDisposable
+internal sealed class StepBatch : IDisposable
 {
     internal StepBatch(int step, Tensor[] xs, Tensor[] ys) { Step = step; Xs = xs; Ys = ys; }
     /// <summary>The step these batches are for.</summary>
@@ -158,7 +108,7 @@ public sealed class StepBatch : IDisposable
 /// resumed run continues exactly (its loader position is the step). Decoding and augmentation run on worker
 /// threads ahead of training (a bounded prefetch queue).
 /// </summary>
-public sealed class TrainStream : IDisposable
+internal sealed class TrainStream : IDisposable
 {
     readonly IReadOnlyList<(IDomainEnvironment Env, int[] Indices)> _envs;
     readonly int _batch;
@@ -285,7 +235,7 @@ public sealed class TrainStream : IDisposable
 /// One evaluation split (an environment's in or out split). Images are decoded and resized once per run and kept as
 /// 8-bit arrays when they fit in the memory budget, so every evaluation after the first costs only forward passes.
 /// </summary>
-public sealed class EvalSplit
+internal sealed class EvalSplit
 {
     readonly IDomainEnvironment _env;
     readonly int[] _indices;

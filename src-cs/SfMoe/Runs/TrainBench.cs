@@ -32,7 +32,7 @@ public static class TrainBench
         set_num_threads(threads ?? ThreadPlan.Threads(Summary.macsPerImage(arch), cores, workers ?? ThreadPlan.Workers(cores)));
         var net = Networks.build(arch, Tensors.DdModule.cpu, 0, 0.0);
         using var learner = new Train.Learner(net, alg, Optim.Kind.AdamL2, 1e-5, 0.0, 0, Tensors.DdModule.cpu);
-        using var log = new RunLog(null, quiet: true);
+        using var log = new RunLog(null, null);
         var envs = dataset.Environments.Skip(1).Select(e => (e, Enumerable.Range(0, e.Count).ToArray())).ToList();
         int w = workers ?? ThreadPlan.Workers(cores);
         int images = batchSize * envs.Count;

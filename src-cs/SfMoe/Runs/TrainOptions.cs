@@ -1,9 +1,39 @@
+using Microsoft.Extensions.Logging;
 using SfMoe.Data;
 
 namespace SfMoe.Runs;
 
-/// <summary>Everything a training run takes (the `sfmoe train` options). Unset values take the dataset's and the
-/// hyperparameter registry's defaults.</summary>
+/// <summary>The training algorithms (DomainBed's names).</summary>
+public enum Algorithm
+{
+    /// <summary>Empirical risk minimisation: cross-entropy only.</summary>
+    ERM,
+    /// <summary>SF-MoE: cross-entropy plus the sparse blocks' balance losses.</summary>
+    SFMoE,
+    /// <summary>GMoE: the same objective with GMoE's hyperparameter defaults.</summary>
+    GMoE,
+}
+
+/// <summary>The optimizers.</summary>
+public enum Optimizer
+{
+    /// <summary>torch.optim.Adam: weight decay added to the gradient (L2), as the authors.</summary>
+    Adam,
+    /// <summary>AdamW: decoupled weight decay.</summary>
+    AdamW,
+}
+
+/// <summary>How the experts of blocks that are sparse in the model but dense in a pretrained checkpoint start.</summary>
+public enum ExpertInit
+{
+    /// <summary>The dense FFN copied into every expert (GMoE).</summary>
+    Copy,
+    /// <summary>The experts keep their random init (SF-MoE as released).</summary>
+    Random,
+}
+
+/// <summary>Everything a training run takes. Unset values take the dataset's and the hyperparameter registry's
+/// defaults.</summary>
 public sealed class TrainOptions
 {
     /// <summary>DomainBed dataset name, a folder in DomainBed's layout, or null for the built-in Synthetic dataset.</summary>
@@ -14,8 +44,8 @@ public sealed class TrainOptions
     public IMultiDomainDataset? DatasetInstance { get; set; }
     /// <summary>Held-out environments (indices); DomainBed runs one, leave-one-domain-out selection also needs pairs.</summary>
     public IReadOnlyList<int> TestEnvs { get; set; } = new[] { 0 };
-    /// <summary>ERM, SFMoE or GMoE.</summary>
-    public string Algorithm { get; set; } = "SFMoE";
+    /// <summary>The training algorithm.</summary>
+    public Algorithm Algorithm { get; set; } = Algorithm.SFMoE;
     /// <summary>Registry model (ViT), or resnet50 / mnist_cnn; null picks the algorithm's and dataset's default.</summary>
     public string? Model { get; set; }
     /// <summary>A model config JSON text (instead of <see cref="Model"/>).</summary>
@@ -32,15 +62,15 @@ public sealed class TrainOptions
     public double? Lr { get; set; }
     /// <summary>Weight decay (default: registry).</summary>
     public double? WeightDecay { get; set; }
-    /// <summary>adam (L2 weight decay, as the authors) or adamw.</summary>
-    public string Optimizer { get; set; } = "adam";
+    /// <summary>Adam (L2 weight decay, as the authors) or AdamW.</summary>
+    public Optimizer Optimizer { get; set; } = Optimizer.Adam;
     /// <summary>Seed of the model init, data order, augmentation and every random choice in training.</summary>
     public int Seed { get; set; }
     /// <summary>Seed of the in/out splits (DomainBed trial seed).</summary>
     public int TrialSeed { get; set; }
     /// <summary>Seed of the random hyperparameters (0: defaults).</summary>
     public int HparamsSeed { get; set; }
-    /// <summary>CPU threads for tensor operations (default: <see cref="ThreadPlan"/>).</summary>
+    /// <summary>CPU threads for tensor operations (default: planned from the model's work per step).</summary>
     public int? Threads { get; set; }
     /// <summary>Threads decoding and augmenting images (default: 1 on small machines, else cores / 2).</summary>
     public int? Workers { get; set; }
@@ -60,20 +90,20 @@ public sealed class TrainOptions
     public bool RecordTimings { get; set; } = true;
     /// <summary>Images rendered per environment by the Synthetic dataset.</summary>
     public int? SyntheticSize { get; set; }
-    /// <summary>Only warnings on stderr.</summary>
-    public bool Quiet { get; set; }
+    /// <summary>Where progress lines and warnings go, besides the run's log.txt (null: nowhere).</summary>
+    public ILogger? Logger { get; set; }
     /// <summary>Initial weights: a checkpoint in one of <see cref="Checkpoints.Pretrained.Formats"/> (deit, timm, augreg,
     /// sfmoe-dg, gmoe, torchvision).</summary>
     public string? Pretrained { get; set; }
     /// <summary>Format of <see cref="Pretrained"/>.</summary>
     public string? PretrainedFormat { get; set; }
-    /// <summary>How sparse blocks start from a dense checkpoint: copy (GMoE) or random (SF-MoE as released); null:
-    /// the model's default.</summary>
-    public string? Experts { get; set; }
+    /// <summary>How sparse blocks start from a dense checkpoint; null: the model's default (Random for SF-MoE's linear
+    /// router, Copy for GMoE's cosine router).</summary>
+    public ExpertInit? Experts { get; set; }
     /// <summary>Image preprocessing (null: the dataset's default: DomainBed's transforms, or /255 for MNIST).</summary>
     public IPreprocessor? Preprocessor { get; set; }
     /// <summary>Stop after this many steps of this invocation (tests of resume: a "kill" at a known point).</summary>
-    public int? StopAfterSteps { get; set; }
+    internal int? StopAfterSteps { get; set; }
 }
 
 /// <summary>Accuracies and averaged training metrics of one evaluation.</summary>
@@ -90,7 +120,7 @@ public sealed record TrainResult(string OutputDir, string ModelPath, IReadOnlyLi
 /// ops faster on one thread than on two and leave the other cores to the data workers; larger models take every core
 /// (their data pipeline is cheap next to their compute). Measured with `sfmoe bench train` (README).
 /// </summary>
-public static class ThreadPlan
+internal static class ThreadPlan
 {
     /// <summary>Data workers: half the cores, at least one.</summary>
     public static int Workers(int cores) => Math.Max(1, cores / 2);
