@@ -2,6 +2,7 @@ using Microsoft.Extensions.Logging;
 using SfMoe.Checkpoints;
 using SfMoe.Core;
 using SfMoe.Data;
+using SfMoe.Imaging;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -653,7 +653,7 @@ let evaluate (a: ParseResults<EvaluateArgs>) =
         | Some d, _ -> d
         | None, null -> fail "the model file does not name its dataset: give --dataset"
         | None, d -> d
-    let ds = Data.Datasets.Open(name, a.TryGetResult EvaluateArgs.Data_Dir |> Option.toObj, Func<string, Data.ImageU8>(Data.ImageCodec.Decode), Data.DatasetOptions())
+    let ds = Data.Datasets.Open(name, a.TryGetResult EvaluateArgs.Data_Dir |> Option.toObj, Func<string, Imaging.ImageU8>(Imaging.ImageCodec.Decode), Data.DatasetOptions())
     let r = model.Evaluate(ds, a.GetResult(EvaluateArgs.Trial_Seed, defaultValue = 0), workers = positive "workers" (a.GetResult(EvaluateArgs.Workers, defaultValue = 1)))
     if a.Contains EvaluateArgs.Json then Console.WriteLine(json r.Accuracies)
     else
@@ -705,10 +705,10 @@ let benchTrain (a: ParseResults<BenchTrainArgs>) =
             match a.TryGetResult BenchTrainArgs.Jpeg_Size with
             | Some size ->
                 Runs.TrainBench.WriteJpegFolder(tmp, positive "jpeg-size" size, 200) |> ignore
-                Data.Datasets.OpenFolder(tmp, Func<string, Data.ImageU8>(Data.ImageCodec.Decode)) :> Data.IMultiDomainDataset
+                Data.Datasets.OpenFolder(tmp, Func<string, Imaging.ImageU8>(Imaging.ImageCodec.Decode)) :> Data.IMultiDomainDataset
             | None ->
                 let name = a.GetResult(BenchTrainArgs.Dataset, defaultValue = "Synthetic")
-                Data.Datasets.Open(name, a.TryGetResult BenchTrainArgs.Data_Dir |> Option.toObj, Func<string, Data.ImageU8>(Data.ImageCodec.Decode), Data.DatasetOptions())
+                Data.Datasets.Open(name, a.TryGetResult BenchTrainArgs.Data_Dir |> Option.toObj, Func<string, Imaging.ImageU8>(Imaging.ImageCodec.Decode), Data.DatasetOptions())
         let model =
             a.GetResult(BenchTrainArgs.Model, defaultValue = (if ds.Spec.Name = "Synthetic" then "sfmoe_test_patch8_32" else "sfmoe_small_patch16_224"))
         let r =

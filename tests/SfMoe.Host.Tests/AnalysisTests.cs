@@ -1,6 +1,7 @@
 using SfMoe.Analysis;
 using SfMoe.Core;
 using SfMoe.Data;
+using SfMoe.Imaging;
 using SkiaSharp;
 using TorchSharp;
 
@@ -231,7 +232,7 @@ public class AnalysisTests : IDisposable
         File.WriteAllText(Path.Combine(cub, "images.txt"), "1 001.Albatross/a_1.jpg\n2 001.Albatross/a_2.jpg\n");
         File.WriteAllText(Path.Combine(cub, "parts", "parts.txt"), "1 back\n2 left eye\n");
         File.WriteAllText(Path.Combine(cub, "parts", "part_locs.txt"), "1 1 10.0 20.0 1\n1 2 0.0 0.0 0\n2 1 5.5 6.5 1\n2 2 7.0 8.0 1\n");
-        ImageCodec.WritePng(new ImageU8(30, 40, 3, new byte[30 * 40 * 3]), Path.Combine(cub, "images", "001.Albatross", "a_1.jpg"));
+        ImageFiles.WritePng(new ImageU8(30, 40, 3, new byte[30 * 40 * 3]), Path.Combine(cub, "images", "001.Albatross", "a_1.jpg"));
         var k = KeypointFile.FromCub(cub);
         var a1 = k.Images["001.Albatross/a_1.jpg"];
         Assert.Equal(new[] { new Keypoint("back", 10, 20) }, a1.Points);   // the invisible eye is left out

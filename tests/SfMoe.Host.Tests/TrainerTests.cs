@@ -2,6 +2,7 @@ using System.Text.Json;
 using SfMoe.Checkpoints;
 using SfMoe.Core;
 using SfMoe.Data;
+using SfMoe.Imaging;
 using SfMoe.Runs;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -1,6 +1,7 @@
 using SfMoe.Checkpoints;
 using SfMoe.Core;
 using SfMoe.Data;
+using SfMoe.Imaging;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,6 +1,7 @@
 using System.Globalization;
 using ScottPlot;
 using SfMoe.Data;
+using SfMoe.Imaging;
 using SkiaSharp;
 
 namespace SfMoe.Analysis;

@@ -2,6 +2,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using SfMoe.Data;
+using SfMoe.Imaging;
 using static SfMoe.Analysis.ReportText;
 
 namespace SfMoe.Analysis;

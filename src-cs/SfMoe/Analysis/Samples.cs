@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using SfMoe.Data;
+using SfMoe.Imaging;
 
 namespace SfMoe.Analysis;
 

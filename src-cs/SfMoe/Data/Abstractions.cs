@@ -1,30 +1,6 @@
+using SfMoe.Imaging;
+
 namespace SfMoe.Data;
-
-/// <summary>A decoded 8-bit image, row-major HWC (height, width, channels), channels 1 (gray), 2 or 3 (RGB).</summary>
-public sealed class ImageU8
-{
-    /// <summary>Wraps pixel data; <paramref name="pixels"/> must hold height * width * channels bytes.</summary>
-    public ImageU8(int height, int width, int channels, byte[] pixels)
-    {
-        if (height <= 0 || width <= 0) throw new ArgumentException($"image size must be positive, got {height}x{width}");
-        if (channels is < 1 or > 4) throw new ArgumentException($"channels must be 1 to 4, got {channels}");
-        if (pixels.Length != height * width * channels)
-            throw new ArgumentException($"expected {height * width * channels} bytes for {height}x{width}x{channels}, got {pixels.Length}");
-        Height = height; Width = width; Channels = channels; Pixels = pixels;
-    }
-
-    /// <summary>Rows.</summary>
-    public int Height { get; }
-    /// <summary>Columns.</summary>
-    public int Width { get; }
-    /// <summary>Channels per pixel.</summary>
-    public int Channels { get; }
-    /// <summary>Row-major HWC bytes.</summary>
-    public byte[] Pixels { get; }
-
-    /// <summary>The byte at (y, x, c).</summary>
-    public byte this[int y, int x, int c] => Pixels[(y * Width + x) * Channels + c];
-}
 
 /// <summary>How a dataset's images become model inputs.</summary>
 public enum Preprocess
@@ -77,17 +53,4 @@ public interface IMultiDomainDataset
     DatasetSpec Spec { get; }
     /// <summary>Environments in index order.</summary>
     IReadOnlyList<IDomainEnvironment> Environments { get; }
-}
-
-/// <summary>An image that cannot be decoded: unreadable, truncated or not an image. The message names the file.</summary>
-public sealed class ImageLoadException : Exception
-{
-    /// <summary>Creates the error.</summary>
-    public ImageLoadException(string source, string reason, Exception? inner = null)
-        : base($"{source}: {reason}", inner) { Source_ = source; Reason = reason; }
-
-    /// <summary>The file or sample at fault.</summary>
-    public string Source_ { get; }
-    /// <summary>Why it could not be read.</summary>
-    public string Reason { get; }
 }

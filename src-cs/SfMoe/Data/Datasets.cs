@@ -1,3 +1,5 @@
+using SfMoe.Imaging;
+
 namespace SfMoe.Data;
 
 /// <summary>Options for <see cref="Datasets.Open"/>.</summary>

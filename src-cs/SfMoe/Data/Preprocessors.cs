@@ -1,3 +1,5 @@
+using SfMoe.Imaging;
+
 namespace SfMoe.Data;
 
 /// <summary>The default preprocessing of a dataset at a model's input size.</summary>

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using SfMoe.Imaging;
 using SkiaSharp;
 
 namespace SfMoe.Data;
@@ -115,7 +116,7 @@ public sealed class SyntheticDataset : IMultiDomainDataset
             {
                 var s = Describe(env, i);
                 string rel = $"{Domains[env]}/{Classes[s.Label]}/{Domains[env]}_{i:D5}.png";
-                SkiaImages.SavePng(Renderer.Render(s, Options.Size), Path.Combine(root, rel));
+                ImageFiles.WritePreviewPng(Renderer.Render(s, Options.Size), Path.Combine(root, rel));
                 lines[env][i] = JsonSerializer.Serialize(new
                 {
                     path = rel, label = s.Label,

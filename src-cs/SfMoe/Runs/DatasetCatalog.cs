@@ -1,4 +1,5 @@
 using SfMoe.Data;
+using SfMoe.Imaging;
 
 namespace SfMoe.Runs;
 

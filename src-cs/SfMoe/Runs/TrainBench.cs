@@ -4,6 +4,7 @@ using Microsoft.FSharp.Core;
 using SfMoe.Checkpoints;
 using SfMoe.Core;
 using SfMoe.Data;
+using SfMoe.Imaging;
 using static TorchSharp.torch;
 
 namespace SfMoe.Runs;

@@ -2,6 +2,7 @@ using System.IO.Compression;
 using System.Security.Cryptography;
 using System.Text.Json;
 using SfMoe.Data;
+using SfMoe.Imaging;
 using SkiaSharp;
 
 namespace SfMoe.Host.Tests.Data;

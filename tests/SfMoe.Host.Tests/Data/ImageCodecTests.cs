@@ -1,5 +1,6 @@
 using System.Text.Json;
 using SfMoe.Data;
+using SfMoe.Imaging;
 using static SfMoe.Host.Tests.Data.ImageFixtures;
 
 namespace SfMoe.Host.Tests.Data;
@@ -156,7 +157,7 @@ public class ImageCodecTests
         try
         {
             var img = Decoded.Image("decode.rgb_37x53.png");
-            ImageCodec.WritePng(img, path);
+            ImageFiles.WritePng(img, path);
             Equal(img, ImageCodec.Decode(path), "written file");
         }
         finally { File.Delete(path); }

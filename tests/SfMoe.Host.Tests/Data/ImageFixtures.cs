@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text.Json;
 using SfMoe.Data;
+using SfMoe.Imaging;
 
 namespace SfMoe.Host.Tests.Data;
 

@@ -1,4 +1,5 @@
 using SfMoe.Data;
+using SfMoe.Imaging;
 using static SfMoe.Host.Tests.Data.DataTestSupport;
 
 namespace SfMoe.Host.Tests.Data;

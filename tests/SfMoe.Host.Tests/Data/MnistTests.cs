@@ -1,5 +1,6 @@
 using System.Text.Json;
 using SfMoe.Data;
+using SfMoe.Imaging;
 using static SfMoe.Host.Tests.Data.DataTestSupport;
 
 namespace SfMoe.Host.Tests.Data;

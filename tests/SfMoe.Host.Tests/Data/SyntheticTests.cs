@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using SfMoe.Data;
+using SfMoe.Imaging;
 using Xunit.Abstractions;
 using static SfMoe.Host.Tests.Data.DataTestSupport;
 
@@ -170,9 +171,9 @@ public class SyntheticTests(ITestOutputHelper output)
         string? dir = Environment.GetEnvironmentVariable("SFMOE_PREVIEW_DIR");
         if (!string.IsNullOrEmpty(dir))
         {
-            SkiaImages.SavePng(sheet, Path.Combine(dir, "synthetic-contact-sheet.png"));
+            ImageFiles.WritePreviewPng(sheet, Path.Combine(dir, "synthetic-contact-sheet.png"));
             var big = new SyntheticDataset(new SyntheticOptions { ImagesPerEnvironment = 28, Seed = 0, Size = 128 });
-            SkiaImages.SavePng(DatasetPreview.ContactSheet(big, perCell: 2, cellSize: 128), Path.Combine(dir, "synthetic-contact-sheet-128.png"));
+            ImageFiles.WritePreviewPng(DatasetPreview.ContactSheet(big, perCell: 2, cellSize: 128), Path.Combine(dir, "synthetic-contact-sheet-128.png"));
         }
     }
 

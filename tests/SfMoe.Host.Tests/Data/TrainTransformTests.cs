@@ -1,4 +1,5 @@
 using SfMoe.Data;
+using SfMoe.Imaging;
 using Xunit.Abstractions;
 using static SfMoe.Host.Tests.Data.ImageFixtures;
 

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Security.Cryptography;
 using System.Text.Json;
 using SfMoe.Data;
+using SfMoe.Imaging;
 using static SfMoe.Host.Tests.Data.ImageFixtures;
 
 namespace SfMoe.Host.Tests.Data;

@@ -1,6 +1,6 @@
 using System.Globalization;
 
-namespace SfMoe.Data;
+namespace SfMoe.Imaging;
 
 /// <summary>
 /// The rotation DomainBed's RotatedMNIST applies: <c>torchvision.transforms.functional.rotate(pil_image, angle,
@@ -15,7 +15,7 @@ namespace SfMoe.Data;
 /// </list>
 /// Counter-clockwise for positive angles, as PIL.
 /// </summary>
-public static class PilRotate
+internal static class PilRotate
 {
     /// <summary>Rotates a row-major 8-bit single-channel image by <paramref name="angleDegrees"/> (counter-clockwise).</summary>
     public static byte[] RotateBilinear(ReadOnlySpan<byte> src, int height, int width, double angleDegrees)

@@ -4,7 +4,7 @@ using System.IO.Compression;
 using System.Runtime.InteropServices;
 using SkiaSharp;
 
-namespace SfMoe.Data;
+namespace SfMoe.Imaging;
 
 /// <summary>
 /// Decodes image files into 8-bit RGB <see cref="ImageU8"/> exactly as DomainBed reads them with PIL
@@ -124,9 +124,6 @@ public static class ImageCodec
         return Encode(image, p => p.Encode(new SKJpegEncoderOptions(quality, SKJpegEncoderDownsample.Downsample420,
             SKJpegEncoderAlphaOption.Ignore)));
     }
-
-    /// <summary>Writes <paramref name="image"/> as PNG to <paramref name="path"/> (a temporary file renamed, never half-written).</summary>
-    public static void WritePng(ImageU8 image, string path) => AtomicFile.WriteAllBytes(path, EncodePng(image));
 
     static byte[] Encode(ImageU8 image, Func<SKPixmap, SKData?> encode)
     {
