@@ -70,7 +70,8 @@ let main argv =
                 | Some(BenchArgs.Moe a) -> benchMoe a
                 | Some(BenchArgs.Step a) -> benchStep a
                 | Some(BenchArgs.Train a) -> benchTrain a
-                | None -> error "bench needs a benchmark: moe, step or train (see 'sfmoe bench --help')"
+                | Some(BenchArgs.Predict a) -> OnnxCommands.benchPredict a
+                | None -> error "bench needs a benchmark: moe, step, train or predict (see 'sfmoe bench --help')"
             | _ ->
                 Console.Error.WriteLine(parser.PrintUsage())
                 2

@@ -50,14 +50,21 @@ public static class OnnxExporter
     /// unwritable output.</exception>
     public static OnnxExportResult Export(string checkpointPath, string outputPath, OnnxExportOptions? options = null)
     {
-        var o = options ?? new OnnxExportOptions();
         var (net, header) = ModelFile.Load(checkpointPath);
         using var _ = net.Module;
+        return Write(outputPath, net, header, options);
+    }
+
+    /// <summary>Exports a network described by a model header (a loaded model file, or a registry model for benchmarks).</summary>
+    internal static OnnxExportResult Write(string outputPath, Networks.Network net, ModelHeader header, OnnxExportOptions? options = null)
+    {
+        var o = options ?? new OnnxExportOptions();
         var arch = ModelFile.Architecture(header);
         var meta = Metadata(header);
         var coreOptions = new CoreOnnx.Options(
             o.Opset, o.BatchSize is int b ? FSharpOption<int>.Some(b) : null, o.RandomPolicyAsThreshold, o.RoutingOutputs);
-        AtomicFile.Write(outputPath, s => CoreOnnx.write(coreOptions, arch, net, Microsoft.FSharp.Collections.ListModule.OfSeq(meta.Select(kv => Tuple.Create(kv.Key, kv.Value))), s));
+        var metaList = Microsoft.FSharp.Collections.ListModule.OfSeq(meta.Select(kv => Tuple.Create(kv.Key, kv.Value)));
+        AtomicFile.Write(outputPath, s => CoreOnnx.write(coreOptions, arch, net, metaList, s));
         var stochastic = CoreOnnx.isStochastic(coreOptions, arch);
         meta["format"] = CoreOnnx.format;
         meta["stochastic"] = stochastic ? "true" : "false";
