@@ -321,6 +321,24 @@ let tests =
                 finally
                     Directory.Delete(dir, true)
         }
+        test "slow: full-size sfmoe_small_patch16_224 (DeiT-S SF-MoE, 22M parameters) exports, passes the checker and matches" {
+            let a = vit "sfmoe_small_patch16_224" (withMoe (fun m -> { m with SecondPolicy = SecondThreshold 0.2 }))
+            let net = Networks.build a Dd.cpu 11L 0.0
+            use _ = net.Module
+            let model = export { dyn with RoutingOutputs = true } a net
+            use x = randomImages a 12L 2
+            expectParity 1e-4 "sfmoe_small_patch16_224" model net x |> ignore
+            match checker.Force() with
+            | Some _ ->
+                let path = Path.Combine(Path.GetTempPath(), sprintf "sfmoe-slow-%s.onnx" (Guid.NewGuid().ToString "N"))
+                try
+                    File.WriteAllBytes(path, model)
+                    let lines = checkModels [ path ]
+                    Expect.isTrue (lines.Length = 1 && lines.Head.StartsWith "ok ") (String.concat "\n" lines)
+                finally
+                    File.Delete path
+            | None -> ()
+        }
         testList "errors" [
             let a = vit sfmoe id
             for opset in [ 16; 22 ] do
