@@ -90,12 +90,14 @@ type BenchArgs =
     | [<CliPrefix(CliPrefix.None)>] Moe of ParseResults<BenchMoeArgs>
     | [<CliPrefix(CliPrefix.None)>] Train of ParseResults<BenchTrainArgs>
     | [<CliPrefix(CliPrefix.None)>] Step of ParseResults<BenchStepArgs>
+    | [<CliPrefix(CliPrefix.None)>] Predict of ParseResults<OnnxCommands.BenchPredictArgs>
     interface IArgParserTemplate with
         member a.Usage =
             match a with
             | Moe _ -> "forward+backward of the MoE layer against a dense FFN with the same tokens and dims"
             | Step _ -> "one training step (forward, backward, Adam) on random tensors, with achieved GFLOP/s"
             | Train _ -> "images/s of the data pipeline alone, of training alone and of both together, and peak memory"
+            | Predict _ -> "images/s of ONNX Runtime on an exported model against the TorchSharp eval forward pass, side by side"
 
 let private parseCapacity (s: string) =
     if s = "dropless" then Config.Dropless

@@ -52,6 +52,10 @@ type ExportArgs =
     | [<Mandatory>] Checkpoint of file: string
     | [<Mandatory>] Format of format: string
     | [<Mandatory; AltCommandLine("-o")>] Output of file: string
+    | Batch of size: string
+    | Opset of n: int
+    | Random_As_Threshold
+    | Routing_Outputs
     interface IArgParserTemplate with
         member a.Usage =
             match a with
@@ -59,8 +63,16 @@ type ExportArgs =
             | Format _ ->
                 "timm: .safetensors with timm's names (safetensors.torch.load_file); pytorch: a torch.save .pth of an "
                 + "OrderedDict (torch.load). Both load with model.load_state_dict; MoE blocks keep the lucidrains layout "
-                + "mlp.gate.w_gating [D,E], mlp.experts.w1 [E,D,H], mlp.experts.w2 [E,H,D]"
+                + "mlp.gate.w_gating [D,E], mlp.experts.w1 [E,D,H], mlp.experts.w2 [E,H,D]. "
+                + "onnx: the eval-mode model as an ONNX graph for ONNX Runtime (SfMoe.Onnx, sfmoe predict --onnx), with "
+                + "the preprocessing and class names in its metadata"
             | Output _ -> "the file to write"
+            | Batch _ -> "onnx: dynamic (default) or a fixed batch size"
+            | Opset _ -> sprintf "onnx: ONNX opset, %d (default) to %d" Core.Onnx.OnnxExport.minOpset Core.Onnx.OnnxExport.maxOpset
+            | Random_As_Threshold ->
+                "onnx: serve the random second-expert policy as the threshold policy (deterministic); without it the "
+                + "graph draws with RandomUniformLike and its outputs vary from run to run"
+            | Routing_Outputs -> "onnx: add outputs routing.{i}.index and routing.{i}.kept (B, N, k) for each sparse block"
 
 type KeyReasonJson = { key: string; reason: string }
 type MappingJson = { from: string; ``to``: string }
@@ -143,6 +155,14 @@ let export (a: ParseResults<ExportArgs>) =
     let checkpoint = a.GetResult ExportArgs.Checkpoint
     let format = a.GetResult ExportArgs.Format
     let output = a.GetResult ExportArgs.Output
-    Pretrained.Export(checkpoint, format, output)
-    Console.WriteLine(sprintf "wrote %s (%s)" output format)
-    0
+    if String.Equals(format.Trim(), "onnx", StringComparison.OrdinalIgnoreCase) then
+        OnnxCommands.export checkpoint output (a.TryGetResult ExportArgs.Batch) (a.TryGetResult ExportArgs.Opset)
+            (a.Contains ExportArgs.Random_As_Threshold) (a.Contains ExportArgs.Routing_Outputs)
+    else
+        for flag, given in [ "--batch", a.Contains ExportArgs.Batch; "--opset", a.Contains ExportArgs.Opset
+                             "--random-as-threshold", a.Contains ExportArgs.Random_As_Threshold
+                             "--routing-outputs", a.Contains ExportArgs.Routing_Outputs ] do
+            if given then fail "%s applies to --format onnx only" flag
+        Pretrained.Export(checkpoint, format, output)
+        Console.WriteLine(sprintf "wrote %s (%s)" output format)
+        0

@@ -54,7 +54,8 @@ let main argv =
                 | Some(BenchCommands.Moe a) -> BenchCommands.benchMoe a
                 | Some(BenchCommands.Step a) -> BenchCommands.benchStep a
                 | Some(BenchCommands.Train a) -> BenchCommands.benchTrain a
-                | None -> error "bench needs a benchmark: moe, step or train (see 'sfmoe bench --help')"
+                | Some(BenchCommands.Predict a) -> OnnxCommands.benchPredict a
+                | None -> error "bench needs a benchmark: moe, step, train or predict (see 'sfmoe bench --help')"
             | _ ->
                 Console.Error.WriteLine(parser.PrintUsage())
                 2

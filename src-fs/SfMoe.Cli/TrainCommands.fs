@@ -26,7 +26,8 @@ type EvaluateArgs =
             | Json -> "print the accuracies as JSON"
 
 type PredictArgs =
-    | [<Mandatory>] Checkpoint of file: string
+    | Checkpoint of file: string
+    | Onnx of file: string
     | [<MainCommand; Mandatory>] Images of image: string list
     | Top of k: int
     | Json
@@ -34,6 +35,7 @@ type PredictArgs =
         member a.Usage =
             match a with
             | Checkpoint _ -> "model file"
+            | Onnx _ -> "instead of --checkpoint: an exported .onnx model, run by ONNX Runtime (SfMoe.Onnx, no TorchSharp)"
             | Images _ -> "image files"
             | Top _ -> "classes to show per image (default 5)"
             | Json -> "print predictions as JSON"
@@ -151,13 +153,19 @@ let evaluate (a: ParseResults<EvaluateArgs>) =
 type PredictionJson = { image: string; predictions: {| ``class``: string; index: int; probability: float |} list }
 
 let predict (a: ParseResults<PredictArgs>) =
-    use model = TrainedModel.Load(a.GetResult PredictArgs.Checkpoint)
     let top = positive "top" (a.GetResult(PredictArgs.Top, defaultValue = 5))
-    let results = [ for img in a.GetResult PredictArgs.Images -> img, model.Predict(img, top) ]
+    let images = a.GetResult PredictArgs.Images
+    let results =
+        match a.TryGetResult PredictArgs.Checkpoint, a.TryGetResult PredictArgs.Onnx with
+        | Some ckpt, None ->
+            use model = TrainedModel.Load ckpt
+            [ for img in images -> img, [ for p in model.Predict(img, top) -> p.Class, p.Index, p.Probability ] ]
+        | None, Some onnx -> OnnxCommands.predict onnx images top
+        | _ -> fail "give --checkpoint or --onnx (one of them)"
     if a.Contains PredictArgs.Json then
-        Console.WriteLine(json [ for img, ps in results -> { image = img; predictions = [ for p in ps -> {| ``class`` = p.Class; index = p.Index; probability = p.Probability |} ] } ])
+        Console.WriteLine(json [ for img, ps in results -> { image = img; predictions = [ for c, i, p in ps -> {| ``class`` = c; index = i; probability = p |} ] } ])
     else
         for img, ps in results do
             Console.WriteLine img
-            for p in ps do Console.WriteLine(sprintf "  %-20s %6.2f%%" p.Class (100.0 * p.Probability))
+            for c, _, p in ps do Console.WriteLine(sprintf "  %-20s %6.2f%%" c (100.0 * p))
     0

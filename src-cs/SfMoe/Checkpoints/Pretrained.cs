@@ -123,7 +123,7 @@ public static class Pretrained
     public static IReadOnlyList<string> Formats => CoreImport.FormatModule.all.Select(t => t.Item1).ToList();
 
     /// <summary>The export formats.</summary>
-    public static IReadOnlyList<string> ExportFormats => CoreExport.FormatModule.all.Select(t => t.Item1).ToList();
+    public static IReadOnlyList<string> ExportFormats => CoreExport.FormatModule.all.Select(t => t.Item1).Append("onnx").ToList();
 
     internal static CoreImport.Format ParseFormat(string format) =>
         CoreImport.FormatModule.tryParse(format) is { } f ? f.Value
@@ -246,12 +246,18 @@ public static class Pretrained
     /// <c>sfmoe export</c>: writes a model file's weights for PyTorch: "timm" (.safetensors, timm names, the model config
     /// in the header as sfmoe_model_config) or "pytorch" (a torch.save .pth of an OrderedDict). Sparse blocks keep
     /// SfMoe's (lucidrains') MoE layout: gate.w_gating [D, E], experts.w1 [E, D, H], experts.w2 [E, H, D].
+    /// "onnx" writes an ONNX model with the default <see cref="OnnxExportOptions"/> (see <see cref="OnnxExporter"/>).
     /// </summary>
     /// <exception cref="SfMoeException">Unreadable model file, unknown format, or an unwritable output.</exception>
     public static void Export(string checkpointPath, string format, string outputPath)
     {
+        if (string.Equals(format?.Trim(), "onnx", StringComparison.OrdinalIgnoreCase))
+        {
+            OnnxExporter.Export(checkpointPath, outputPath);
+            return;
+        }
         var fmt = CoreExport.FormatModule.tryParse(format) is { } f ? f.Value
-            : throw new CheckpointException($"unknown export format {format}: expected timm or pytorch");
+            : throw new CheckpointException($"unknown export format {format}: expected timm, pytorch or onnx");
         var (net, header) = ModelFile.Load(checkpointPath);
         using var _ = net.Module;
         var meta = new Dictionary<string, string>
