@@ -176,7 +176,8 @@ public static class Trainer
                 if (step % freq == 0 || step == steps - 1)
                 {
                     foreach (var s in evalSplits) s.Prepare(loader, keep, workers);
-                    using var evalRng = new torch.Generator((ulong)SeedMix.Of(o.Seed, step, 0xe7a1), device);
+                    // A CPU generator (TorchSharp has no other): the core copies its draws to the device.
+                    using var evalRng = new torch.Generator((ulong)SeedMix.Of(o.Seed, step, 0xe7a1));
                     var accs = new Dictionary<string, double>();
                     foreach (var s in evalSplits)
                         accs[s.Name] = s.Accuracy(x => learner.Predict(x, evalRng), loader, 64, workers, device);
