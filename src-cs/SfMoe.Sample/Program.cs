@@ -45,6 +45,6 @@ using var sfmoe = SfMoeModel.Create("sfmoe_test_patch8_32", new ModelOptions { N
 using var x = torch.randn(2, 3, 32, 32);
 using var output = sfmoe.Run(x, returnRouting: true);
 foreach (var r in output.Routing)
-    Console.WriteLine($"block {r.Block}: experts load {string.Join("/", r.Load.data<long>().ToArray())}, capacity {r.Capacity}");
+    Console.WriteLine($"block {r.Block}: experts load {string.Join("/", r.Load.cpu().data<long>().ToArray())}, capacity {r.Capacity}");
 Console.WriteLine("sample done");
 

@@ -55,11 +55,11 @@ public sealed class TrainedModel : IDisposable
     {
         using var scope = NewDisposeScope();
         using var _ = no_grad();
-        using var rng = new Generator(0, _device);
+        using var rng = new Generator(0); // a CPU generator: the core copies its draws to the model's device
         _net.SetTraining(false);
         try
         {
-            var o = Networks.forward(_net, rng, false, images);
+            var o = Networks.forward(_net, rng, false, TrainStream.OnDevice(images.alias(), _device));
             return scope.MoveToOuter(o.Logits);
         }
         catch (ArgumentException e) { throw new DatasetException(e.Message.Split(" (Parameter")[0], e); }

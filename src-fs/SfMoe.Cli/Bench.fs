@@ -102,7 +102,7 @@ let moe (dim: int) (hidden: int) (experts: int) (topK: int) (tokens: int64) (tok
     // The experts alone, on the tokens the router sends them (sorted by expert, gate-weighted like the layer).
     let o0 = Moe.forward c (Ctx.withRng (generator 1L dd) ctx) moeP true z
     let r = o0.Record.Value
-    let counts = r.Load.data<int64>().ToArray()
+    let counts = (use c = r.Load.cpu () in c.data<int64>().ToArray())
     let pairs = Array.sum counts
     o0.Y.Dispose()
     o0.Aux.Dispose()

@@ -28,7 +28,9 @@ type Output =
     { X: Tensor
       Aux: Tensor option
       Attn: Tensor option
-      Routing: Moe.Record option }
+      Routing: Moe.Record option
+      /// Routing statistics of a sparse block (on the device).
+      Stats: Moe.Stats option }
 
 let init (c: VitConfig) (dd: Dd) (g: torch.Generator option) (kind: BlockKind) (dropPath: float) : Params =
     let norm1 = layerNorm dd c.EmbedDim c.NormEps
@@ -54,19 +56,20 @@ let tree (p: Params) : (string * Module) list =
 /// (B, N, D) -> (B, N, D)
 let forward (c: VitConfig) (ctx: Ctx) (p: Params) (wantAttn: bool) (wantRouting: bool) (x: Tensor) : Output =
     let x1, maps =
-        use y = p.Norm1.forward x
+        use y = norm p.Norm1 x
         let a, maps = Attention.forward c ctx p.Attn wantAttn y
         use a = a
         use ad = dropPath ctx p.DropPath a
         add x ad, maps
     use x1 = x1
-    use z = p.Norm2.forward x1
-    let f, aux, routing =
+    use z = norm p.Norm2 x1
+    let f, aux, routing, stats =
         match p.Ffn with
-        | DenseFfn m -> Mlp.forward c ctx m z, None, None
+        | DenseFfn m -> Mlp.forward c ctx m z, None, None, None
         | MoeFfn m ->
             let o = Moe.forward c ctx m wantRouting z
-            o.Y, Some o.Aux, o.Record
+            o.Y, Some o.Aux, o.Record, Some o.Stats
     use f = f
     use fd = dropPath ctx p.DropPath f
-    { X = add x1 fd; Aux = aux; Attn = maps; Routing = routing }
+    // The residual stream keeps the weights' dtype (float32 under Bf16: the bfloat16 branch is promoted).
+    { X = add x1 fd; Aux = aux; Attn = maps; Routing = routing; Stats = stats }

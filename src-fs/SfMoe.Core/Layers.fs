@@ -60,6 +60,57 @@ let patchConv (dd: Dd) (g: torch.Generator option) (inC: int) (outC: int) (patch
     Init.uniform -bound bound g c.bias
     c
 
+/// x W^T + b in the context's precision: under Bf16 the operands are cast to bfloat16 (autograd returns float32
+/// gradients to the float32 weights); otherwise the module's own forward.
+let dense (ctx: Ctx) (l: Linear) (x: Tensor) : Tensor =
+    let t = Precision.computeType ctx.Precision l.weight.dtype
+    if t = l.weight.dtype && x.dtype = t then l.forward x
+    else
+        use xc = if x.dtype = t then x.alias () else x.to_type(t)
+        use w = l.weight.to_type(t)
+        use b = match l.bias with null -> null | b -> b.to_type(t)
+        torch.nn.functional.linear(xc, w, b)
+
+/// LayerNorm over the last dimension, always in the weights' dtype (float32: norms stay out of bfloat16). On the
+/// meta device it is written out (mean, biased variance, rsqrt): libtorch's C++ meta backend has no layer_norm.
+let norm (ln: LayerNorm) (x: Tensor) : Tensor =
+    use xf = if x.dtype = ln.weight.dtype then x.alias () else x.to_type(ln.weight.dtype)
+    if not (isMeta x) then ln.forward xf
+    else
+        use mean = xf.mean([| -1L |], true)
+        use c = sub xf mean
+        use var = (c * c).mean([| -1L |], true)
+        use inv = var.add(Scalars.constant ln.eps, Scalars.one).rsqrt()
+        use y = c * inv
+        use yw = y * ln.weight
+        add yw ln.bias
+
+/// Non-overlapping patch embedding (kernel = stride = patch): (B, C, H, W) -> (B, gh*gw, D), in the context's
+/// precision, returned in the weights' dtype. cuDNN's convolution normally; with `ctx.Deterministic` (cuDNN may
+/// pick non-deterministic backward algorithms) and on the meta device it is the same product written as a matmul
+/// over flattened (C, p, p) patches.
+let patchEmbed (ctx: Ctx) (conv: Conv2d) (patch: int) (x: Tensor) : Tensor * int64 * int64 =
+    let p = int64 patch
+    let b, ch, hgt, wid = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    let gh, gw = hgt / p, wid / p
+    let weights = conv.weight.dtype
+    let t = Precision.computeType ctx.Precision weights
+    use xc = if x.dtype = t then x.alias () else x.to_type(t)
+    use w = if t = weights then conv.weight.alias () else conv.weight.to_type(t)
+    use bias = match conv.bias with null -> null | bb -> bb.to_type(t)
+    use y =
+        if ctx.Deterministic || isMeta x then
+            use v = xc.view(b, ch, gh, p, gw, p)
+            use perm = v.permute(0L, 2L, 4L, 1L, 3L, 5L) // (B, gh, gw, C, p, p)
+            use flat = perm.reshape(b, gh * gw, ch * p * p)
+            use wf = w.reshape(w.shape[0], ch * p * p) // (D, C*p*p)
+            torch.nn.functional.linear(flat, wf, bias) // (B, gh*gw, D)
+        else
+            use c = torch.nn.functional.conv2d(xc, w, bias, [| p; p |], [| 0L; 0L |], [| 1L; 1L |], 1L) // (B, D, gh, gw)
+            use f = c.flatten(2L)
+            f.transpose(1L, 2L) // (B, gh*gw, D)
+    (if y.dtype = weights then y.alias () else y.to_type(weights)), gh, gw
+
 /// Number of scalar parameters of a module (recursively).
 let countParams (m: Module) : int64 =
     m.parameters () |> Seq.sumBy (fun p -> p.numel ())

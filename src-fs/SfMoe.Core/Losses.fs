@@ -23,7 +23,7 @@ let gshard (groups: int64) (probs: Tensor) (top1: Tensor) : Tensor =
 
 /// var(v) / (mean(v)^2 + 1e-10), with the unbiased variance (torch's default).
 let cv2 (v: Tensor) : Tensor =
-    use var = v.var()
+    use var = variance v
     use mean = v.mean()
     // mean * mean, not mean.square(): TorchSharp's square() is pow(2) with a temporary Scalar (see Scalars).
     use m2 = (mean * mean).add_(Scalars.constant 1e-10, Scalars.one)
@@ -44,6 +44,10 @@ let loadImportance (gateNoise: float) (logits: Tensor) (noisyLogits: Tensor) (la
     use b = cv2 load
     (add a b).div_(Scalars.constant 2.0)
 
-/// Mean cross-entropy of logits (B, K) against labels (B,).
+/// Mean cross-entropy of logits (B, K) against labels (B,), in float32 (or float64) whatever the logits' dtype.
 let crossEntropy (logits: Tensor) (labels: Tensor) : Tensor =
-    torch.nn.functional.cross_entropy(logits, labels)
+    if logits.dtype = torch.ScalarType.Float32 || logits.dtype = torch.ScalarType.Float64 then
+        torch.nn.functional.cross_entropy(logits, labels)
+    else
+        use l = logits.to_type(torch.ScalarType.Float32)
+        torch.nn.functional.cross_entropy(l, labels)

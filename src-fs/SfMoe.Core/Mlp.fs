@@ -1,4 +1,5 @@
-/// The dense FFN of fusion blocks (timm Mlp): fc1 -> exact GELU -> dropout -> fc2 -> dropout.
+/// The dense FFN of fusion blocks (timm Mlp): fc1 -> exact GELU -> dropout -> fc2 -> dropout, in the context's
+/// precision (the output is bfloat16 under Bf16).
 module SfMoe.Core.Mlp
 
 open TorchSharp
@@ -20,8 +21,8 @@ let tree (p: Params) : (string * Module) list = [ "fc1", p.Fc1 :> Module; "fc2",
 /// (..., D) -> (..., D)
 let forward (c: VitConfig) (ctx: Ctx) (p: Params) (x: Tensor) : Tensor =
     let drop = if ctx.Training then c.DropRate else 0.0
-    use h = p.Fc1.forward x // (..., H)
+    use h = dense ctx p.Fc1 x // (..., H)
     use a = torch.nn.functional.gelu h
     use ad = dropout ctx drop a
-    use y = p.Fc2.forward ad // (..., D)
+    use y = dense ctx p.Fc2 ad // (..., D)
     dropout ctx drop y

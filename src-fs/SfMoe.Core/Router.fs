@@ -66,10 +66,10 @@ let logits (gate: Gate) (x: Tensor) : Tensor =
     | Linear g -> torch.matmul(x, g.WGating)
     | Cosine g ->
         use p = g.Projector.forward x // (S, P)
-        use pn = torch.nn.functional.normalize(p, 2.0, 1L, 1e-12)
-        use sn = torch.nn.functional.normalize(g.SimMatrix, 2.0, 0L, 1e-12) // (P, E)
+        use pn = normalize 1L p
+        use sn = normalize 0L g.SimMatrix // (P, E)
         use cos = torch.matmul(pn, sn) // (S, E)
-        use clamped = g.Temperature.clamp_max(Scalars.constant (log 100.0))
+        use clamped = clampMax (log 100.0) g.Temperature
         use scale = clamped.exp ()
         cos * scale
 
@@ -88,12 +88,16 @@ type Decision =
       Index: Tensor
       /// (S, k) bool: the choice is dispatched and within capacity.
       Kept: Tensor
+      /// (S, k) int64 slot of each choice in its expert's queue within its group (meaningful where Kept); None when
+      /// dropless.
+      Slot: Tensor option
       /// Capacity per group and expert; -1 when dropless.
       Capacity: int64 }
     interface IDisposable with
         member this.Dispose() =
             this.Index.Dispose()
             this.Kept.Dispose()
+            this.Slot |> Option.iter (fun t -> t.Dispose())
 
 /// Capacity per group of n tokens (docs/moe.md §4); -1 when dropless.
 let capacity (m: MoeConfig) (training: bool) (n: int64) : int64 =
@@ -169,14 +173,14 @@ let decide (m: MoeConfig) (ctx: Ctx) (draws: Draws) (groups: int64) (probs: Tens
                     use ratio = g2.div(Scalars.constant (max threshold 1e-9))
                     u.lt(ratio))
         | _ -> None
-    let kept =
+    let kept, slot =
         if cap < 0L then
             use first = torch.ones(s, 1L, dtype = torch.ScalarType.Bool, device = probs.device)
             match m2 with
             | Some m2 ->
                 use second = m2.view(s, 1L)
-                torch.cat([| first; second |], 1L)
-            | None -> first.alias ()
+                torch.cat([| first; second |], 1L), None
+            | None -> first.alias (), None
         else
             use order =
                 if m.BatchPrioritized then
@@ -194,8 +198,9 @@ let decide (m: MoeConfig) (ctx: Ctx) (draws: Draws) (groups: int64) (probs: Tens
             use slot1 = pos1m.sum([| 2L |]) // (G, n)
             use kept1 = slot1.lt(Scalars.constant (float cap)) // (G, n)
             use kept1s = kept1.view(s, 1L)
+            use slot1s = slot1.view(s, 1L)
             match m2 with
-            | None -> kept1s.alias ()
+            | None -> kept1s.alias (), Some(slot1s.alias ())
             | Some m2 ->
                 use idx2 = index.select(1L, 1L)
                 use oh2 = torch.nn.functional.one_hot(idx2, e)
@@ -217,8 +222,9 @@ let decide (m: MoeConfig) (ctx: Ctx) (draws: Draws) (groups: int64) (probs: Tens
                 use slot2 = pos2m.sum([| 2L |]) // (G, n)
                 use under = slot2.lt(Scalars.constant (float cap))
                 use m2n = m2.view(groups, n)
-                use kept2 = under.logical_and(m2n)
+                use kept2 = under.bitwise_and(m2n)
                 use kept2s = kept2.view(s, 1L)
-                torch.cat([| kept1s; kept2s |], 1L)
+                use slot2s = slot2.view(s, 1L)
+                torch.cat([| kept1s; kept2s |], 1L), Some(torch.cat([| slot1s; slot2s |], 1L))
     m2 |> Option.iter (fun t -> t.Dispose())
-    { Index = index.alias (); Kept = kept; Capacity = cap }
+    { Index = index.alias (); Kept = kept; Slot = slot; Capacity = cap }

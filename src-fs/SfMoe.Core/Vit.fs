@@ -39,7 +39,9 @@ type Output =
       /// Per block, (B, heads, N, N) attention probabilities; empty unless asked for.
       Attention: Tensor list
       /// Per sparse block (block index, record); empty unless asked for.
-      Routing: (int * Moe.Record) list }
+      Routing: (int * Moe.Record) list
+      /// Per sparse block (block index, routing statistics on the device).
+      Stats: (int * Moe.Stats) list }
     interface IDisposable with
         member this.Dispose() =
             this.Logits.Dispose()
@@ -47,6 +49,7 @@ type Output =
             this.Aux.Dispose()
             for a in this.Attention do a.Dispose()
             for _, r in this.Routing do (r :> IDisposable).Dispose()
+            for _, st in this.Stats do (st :> IDisposable).Dispose()
 
 let init (c: VitConfig) (dd: Dd) (g: torch.Generator option) : Params * (string * Parameter) list =
     let d = int64 c.EmbedDim
@@ -130,15 +133,14 @@ let checkInput (c: VitConfig) (x: Tensor) =
 let embed (c: VitConfig) (ctx: Ctx) (p: Params) (tok: Tokens) (x: Tensor) : Tensor =
     checkInput c x
     let b = x.shape[0]
-    use patches =
+    // The hybrid's ResNetV2 stem computes in float32 whatever the precision.
+    let seq, gh, gw =
         match p.Backbone with
         | Some bb ->
             use f = ResNetV2.forward bb x // (B, F, H/stride, W/stride)
-            p.PatchEmbed.forward f
-        | None -> p.PatchEmbed.forward x // (B, D, gh, gw)
-    let gh, gw = patches.shape[2], patches.shape[3]
-    use flat = patches.flatten(2L) // (B, D, gh*gw)
-    use seq = flat.transpose(1L, 2L) // (B, gh*gw, D)
+            patchEmbed ctx p.PatchEmbed c.PatchSize f
+        | None -> patchEmbed ctx p.PatchEmbed c.PatchSize x // (B, gh*gw, D)
+    use seq = seq
     use cls = tok.Cls.expand(b, -1L, -1L) // (B, 1, D)
     use all =
         match tok.Dist with
@@ -154,17 +156,18 @@ let embed (c: VitConfig) (ctx: Ctx) (p: Params) (tok: Tokens) (x: Tensor) : Tens
 type Extras =
     { Aux: Tensor
       Attention: Tensor list
-      Routing: (int * Moe.Record) list }
+      Routing: (int * Moe.Record) list
+      Stats: (int * Moe.Stats) list }
 
 /// Blocks and final norm: (B, C, H, W) -> features (B, N, D), the summed aux loss, and per-block attention maps
 /// and routing records when asked.
 let forwardFeatures (c: VitConfig) (ctx: Ctx) (p: Params) (tok: Tokens) (wantAttn: bool) (wantRouting: bool) (x: Tensor) : Tensor * Extras =
     let h0 = embed c ctx p tok x
     let aux0 = torch.zeros([||], dtype = h0.dtype, device = h0.device)
-    let h, aux, maps, records =
+    let h, aux, maps, records, stats =
         p.Blocks
         |> Array.indexed
-        |> Array.fold (fun (h: Tensor, aux: Tensor, maps, records) (i, blk) ->
+        |> Array.fold (fun (h: Tensor, aux: Tensor, maps, records, stats) (i, blk) ->
             let o = Block.forward c ctx blk wantAttn wantRouting h
             h.Dispose()
             let aux =
@@ -178,20 +181,23 @@ let forwardFeatures (c: VitConfig) (ctx: Ctx) (p: Params) (tok: Tokens) (wantAtt
             o.X,
             aux,
             (match o.Attn with Some a -> a :: maps | None -> maps),
-            (match o.Routing with Some r -> (i, r) :: records | None -> records)) (h0, aux0, [], [])
+            (match o.Routing with Some r -> (i, r) :: records | None -> records),
+            (match o.Stats with Some st -> (i, st) :: stats | None -> stats)) (h0, aux0, [], [], [])
     use h = h
-    p.Norm.forward h, { Aux = aux; Attention = List.rev maps; Routing = List.rev records }
+    norm p.Norm h, { Aux = aux; Attention = List.rev maps; Routing = List.rev records; Stats = List.rev stats }
 
-/// Classifier head(s) on the prefix tokens: (B, N, D) -> (B, K).
-let forwardHead (p: Params) (features: Tensor) : Tensor =
+/// Classifier head(s) on the prefix tokens: (B, N, D) -> (B, K), in the context's precision and returned in the
+/// weights' dtype (float32 logits under Bf16).
+let forwardHead (ctx: Ctx) (p: Params) (features: Tensor) : Tensor =
+    let back (t: Tensor) = if t.dtype = p.Head.weight.dtype then t else (use t = t in t.to_type(p.Head.weight.dtype))
     use cls = features.select(1L, 0L)
     match p.HeadDist with
     | Some hd ->
         use dist = features.select(1L, 1L)
-        use a = p.Head.forward cls
-        use b = hd.forward dist
+        use a = back (dense ctx p.Head cls)
+        use b = back (dense ctx hd dist)
         (add a b).div_(Scalars.constant 2.0)
-    | None -> p.Head.forward cls
+    | None -> back (dense ctx p.Head cls)
 
 /// The model as a TorchSharp module (the one object-oriented adapter): owns the parameters under timm's
 /// state-dict names; `forward` returns logits, `Run` everything else. Build it where it runs (`dd`).
@@ -225,8 +231,16 @@ type SfMoeVit(config: VitConfig, dd: Dd, seed: int64 option) as this =
           Dist = if config.Distilled then Some(this.get_parameter "dist_token" :> Tensor) else None
           Pos = this.get_parameter "pos_embed" }
 
+    /// Forward in an explicit context (random stream, precision, determinism); the module's training flag sets the mode.
+    member this.RunWith(ctx: Ctx, x: Tensor, returnAttention: bool, returnRouting: bool) : Output =
+        let ctx = { ctx with Training = this.training }
+        let feats, ex = forwardFeatures config ctx layers this.Tokens returnAttention returnRouting x
+        { Logits = forwardHead ctx layers feats; Features = feats; Aux = ex.Aux; Attention = ex.Attention; Routing = ex.Routing
+          Stats = ex.Stats }
+
     /// Forward with everything: logits, features and (when asked) attention maps. `rng` drives dropout and
-    /// every other random choice in training mode (None: torch's global generator).
+    /// every other random choice in training mode (None: torch's global generator); it is a CPU generator (as every
+    /// TorchSharp Generator), whose draws are copied to the model's device.
     member this.Run
         (
             x: Tensor,
@@ -234,9 +248,8 @@ type SfMoeVit(config: VitConfig, dd: Dd, seed: int64 option) as this =
             [<Optional; DefaultParameterValue(false)>] returnRouting: bool,
             [<Optional; DefaultParameterValue(null: torch.Generator)>] rng: torch.Generator
         ) : Output =
-        let ctx = { Training = this.training; Rng = Option.ofObj rng }
-        let feats, ex = forwardFeatures config ctx layers this.Tokens returnAttention returnRouting x
-        { Logits = forwardHead layers feats; Features = feats; Aux = ex.Aux; Attention = ex.Attention; Routing = ex.Routing }
+        let ctx = match Option.ofObj rng with Some g -> Ctx.withRng g Ctx.eval | None -> Ctx.eval
+        this.RunWith(ctx, x, returnAttention, returnRouting)
 
     override this.forward(x: Tensor) : Tensor =
         use o = this.Run(x)

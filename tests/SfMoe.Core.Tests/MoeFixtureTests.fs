@@ -1,6 +1,6 @@
 /// The MoE layer and MoE models against the independent PyTorch reference (tests/fixtures/gen_moe_fixtures.py,
 /// float64): identical routing indices and kept flags, outputs within 1e-5 relative, aux loss within 1e-6,
-/// gradients of the input, router and experts within 1e-5 relative.
+/// gradients of the input, router and experts within 1e-5 relative; through both dispatches of the layer.
 module SfMoe.Core.Tests.MoeFixtureTests
 
 open System
@@ -30,7 +30,8 @@ let private layerConfig (meta: JsonElement) : VitConfig * bool =
     Expect.equal (VitConfig.hidden c) hidden "hidden size"
     c, meta.GetProperty("training").GetBoolean()
 
-let private layerCase (case: string) =
+/// One layer fixture through a given dispatch (None: the device's default, Sorted on the CPU).
+let private layerCaseVia (dispatch: Moe.Dispatch option) (case: string) =
     test case {
         use fx = readSafeTensors (fixture (sprintf "moe/%s.safetensors" case))
         let c, training = layerConfig (fixtureConfig fx)
@@ -41,7 +42,7 @@ let private layerCase (case: string) =
         use x = fx["x"].detach().requires_grad_(true)
         let draws = { Router.Uniform = fx.Find "draws.uniform"; Router.Noise = fx.Find "draws.noise" }
         let ctx = if training then Ctx.train else Ctx.eval
-        let o = Moe.forwardWith c ctx p draws true x
+        let o = Moe.forwardVia dispatch c ctx p draws true x
         use y = o.Y
         use aux = o.Aux
         use r = o.Record.Value
@@ -64,6 +65,8 @@ let private layerCase (case: string) =
             expectClose 1e-5 ("grad " + n) t.grad fx["expected.grad." + n]
     }
 
+let private layerCase (case: string) = layerCaseVia None case
+
 let private modelCase (case: string) (ignored: string list) =
     test case {
         use fx = readSafeTensors (fixture (sprintf "moe/%s.safetensors" case))
@@ -84,6 +87,9 @@ let private modelCase (case: string) (ignored: string list) =
 let tests =
     testList "moe fixtures" [
         testList "layer" [ for c in layerCases -> layerCase c ]
+        // The same fixtures through the fixed-size slot buffers that accelerators use (dropless cases fall back to
+        // the sorted dispatch): identical routing, outputs and gradients.
+        testList "layer, padded dispatch" [ for c in layerCases -> layerCaseVia (Some Moe.Padded) c ]
         testList "model" [
             modelCase "vit_sfmoe" []
             modelCase "vit_gmoe" [ "blocks.0.mlp._num_global_experts" ]

@@ -392,7 +392,8 @@ let tests =
                         let feats, ex = Vit.forwardFeatures m.Config (Ctx.withRng g Ctx.eval) m.Params m.Tokens false true x
                         feats.Dispose()
                         ex.Aux.Dispose()
-                        for _, r in ex.Routing do (r :> IDisposable).Dispose())
+                        for _, r in ex.Routing do (r :> IDisposable).Dispose()
+                        for _, st in ex.Stats do (st :> IDisposable).Dispose())
             Expect.equal live 0L "layer functions dispose every temporary"
         }
     ]

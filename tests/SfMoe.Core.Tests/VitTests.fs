@@ -201,7 +201,7 @@ let tests =
                 liveTensorsDuring (fun () ->
                     for _ in 1..100 do
                         let feats, ex = forwardFeatures m.Config Ctx.eval m.Params m.Tokens true false x
-                        use logits = forwardHead m.Params feats
+                        use logits = forwardHead Ctx.eval m.Params feats
                         feats.Dispose()
                         ex.Aux.Dispose()
                         for a in ex.Attention do a.Dispose())

@@ -262,12 +262,12 @@ public sealed class ModelProbe : IDisposable
     {
         using var scope = NewDisposeScope();
         using var _ = no_grad();
-        using var gen = new Generator((ulong)Seed, _device);
+        using var gen = new Generator((ulong)Seed); // a CPU generator: the core copies its draws to the model's device
         bool was = _vit.training;
         _vit.eval();
         try
         {
-            using var o = _vit.Run(input, attention, routing, gen);
+            using var o = _vit.Run(TrainStream.OnDevice(input.alias(), _device), attention, routing, gen);
             int b = (int)input.shape[0];
             var logits = o.Logits.cpu().to_type(ScalarType.Float32).contiguous().data<float>().ToArray();
             int k = logits.Length / b;

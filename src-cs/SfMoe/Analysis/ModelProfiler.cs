@@ -106,7 +106,7 @@ public static class ModelProfiler
         {
             Model = new Vit.SfMoeVit(c, dd, 0L);
             _learner = new Train.Learner(Networks.Network.NewVitNet(Model), Train.AlgorithmKind.SfMoeAlg, Optim.Kind.AdamL2, 1e-5, 0.0, 0L, dd);
-            using var gen = new Generator(0, dd.Device);
+            using var gen = new Generator(0); // drawn on the CPU, then moved
             _x = torch.randn(new long[] { batch, c.InChans, c.ImgSize, c.ImgSize }, generator: gen).to(dd.Device);
             _y = torch.randint(c.NumClasses, new long[] { batch }, generator: gen).to(dd.Device);
             _xs = Microsoft.FSharp.Collections.ListModule.OfSeq(new[] { _x });
