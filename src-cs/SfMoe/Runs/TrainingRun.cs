@@ -189,7 +189,8 @@ internal sealed class TrainingRun : IDisposable
     EvalResult Evaluate(int step, Dictionary<string, double> sums, int count)
     {
         foreach (var s in _evalSplits) s.Prepare(_loader, _keepEvalImages, _workers);
-        using var evalRng = new torch.Generator((ulong)SeedMix.Of(_o.Seed, step, 0xe7a1), _device);
+        // A CPU generator (TorchSharp has no other): the core copies its draws to the device.
+        using var evalRng = new torch.Generator((ulong)SeedMix.Of(_o.Seed, step, 0xe7a1));
         var accs = new Dictionary<string, double>();
         foreach (var s in _evalSplits)
             accs[s.Name] = s.Accuracy(x => _learner.Predict(x, evalRng), _loader, 64, _workers, _device);
