@@ -30,7 +30,7 @@ public sealed record ModelHeader(
 /// A model checkpoint: one .safetensors file holding the network's state dict (timm names for ViTs) and a
 /// header describing it. PyTorch reads it with safetensors.torch.load_file. Written through the host's atomic writer.
 /// </summary>
-public static class ModelFile
+internal static class ModelFile
 {
     /// <summary>Format marker stored in the header.</summary>
     public const string Format = "sfmoe-model-1";

@@ -170,7 +170,7 @@ sealed class ImageFolderEnvironment(string name, string[] paths, int[] labels, F
 }
 
 /// <summary>Orders strings by Unicode code point, as Python's sorted() does (ordinal UTF-16 order differs for astral characters).</summary>
-public sealed class PyStringComparer : IComparer<string>
+internal sealed class PyStringComparer : IComparer<string>
 {
     /// <summary>The comparer.</summary>
     public static readonly PyStringComparer Instance = new();

@@ -6,7 +6,7 @@ using TorchSharp;
 namespace SfMoe.Data;
 
 /// <summary>The 70,000 MNIST digits (60,000 training images, then 10,000 test images) read from the four raw idx files.</summary>
-public sealed class MnistData
+internal sealed class MnistData
 {
     /// <summary>The idx files, in the order train images, train labels, test images, test labels (without ".gz").</summary>
     public static readonly IReadOnlyList<string> FileNames =
@@ -131,7 +131,7 @@ public sealed class MnistData
 /// but PyTorch does not promise equal random streams across versions, so bit-identity with any DomainBed run is not
 /// guaranteed.
 /// </remarks>
-public sealed class MnistEnvironments : IMultiDomainDataset
+internal sealed class MnistEnvironments : IMultiDomainDataset
 {
     readonly IDomainEnvironment[] _envs;
 

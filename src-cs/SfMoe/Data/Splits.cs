@@ -73,7 +73,7 @@ public static class Splits
             : (uint)seed;
 
     /// <summary>A tuple for <see cref="PyRepr"/>: prints as "(a, b)", or "(a,)" with one element.</summary>
-    public sealed record PyTuple(IReadOnlyList<object?> Items);
+    internal sealed record PyTuple(IReadOnlyList<object?> Items);
 
     /// <summary>
     /// Python's <c>repr()</c> of a value: integers, bool (True/False), null (None), float (shortest round trip, Python's
@@ -215,7 +215,7 @@ public static class Splits
 /// <c>random_interval</c> (masked rejection sampling on 32-bit draws) and the legacy Fisher-Yates <c>shuffle</c>.
 /// Bit-exact with numpy for seeds 0 .. 2^32-1. Not thread-safe.
 /// </summary>
-public sealed class Mt19937
+internal sealed class Mt19937
 {
     const int N = 624, M = 397;
     const uint MatrixA = 0x9908b0df, UpperMask = 0x80000000, LowerMask = 0x7fffffff;

@@ -7,7 +7,7 @@ namespace SfMoe.Runs;
 /// seed_hash(hparams_seed, name); uniform = lo + (hi - lo) * random_sample(), choice = values[randint(len)],
 /// bit-exact with numpy's legacy generator.
 /// </summary>
-public sealed class HparamRandom : IHparamRandom
+internal sealed class HparamRandom : IHparamRandom
 {
     /// <summary>The one instance (it has no state).</summary>
     public static readonly HparamRandom Instance = new();

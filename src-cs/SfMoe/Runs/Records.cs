@@ -26,7 +26,7 @@ public sealed record RecordProblem(ProblemSeverity Severity, string File, int Li
 }
 
 /// <summary>A record line that does not have DomainBed's schema.</summary>
-public sealed class RecordFormatException(string message) : FormatException(message);
+internal sealed class RecordFormatException(string message) : FormatException(message);
 
 /// <summary>
 /// One training run: one results.jsonl file (DomainBed writes one per output directory) and whether the run finished
@@ -353,7 +353,7 @@ public static class Records
 /// semantics: groups ordered by sorted key with members in input order, max returning the first maximum, a stable
 /// sort that puts NaN first.
 /// </summary>
-public static class Query
+internal static class Query
 {
     /// <summary>
     /// Q.group: groups ordered by key (ascending; strings ordinal, as Python sorts them), each group's items in input

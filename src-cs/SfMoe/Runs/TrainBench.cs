@@ -11,13 +11,13 @@ namespace SfMoe.Runs;
 
 /// <summary>Images per second of the data pipeline alone, of training alone and of the two together, measured in one
 /// run (the machines are shared: compare the ratios).</summary>
-public sealed record TrainBenchResult(
+internal sealed record TrainBenchResult(
     string Model, string Dataset, int BatchSize, int Environments, int Steps, int Threads, int Workers,
     double PipelineImagesPerSecond, double TrainingImagesPerSecond, double TogetherImagesPerSecond,
     double TogetherOverTraining, double PeakMemoryGb);
 
 /// <summary>`sfmoe bench train`.</summary>
-public static class TrainBench
+internal static class TrainBench
 {
     /// <summary>Measures on the training environments of a dataset (all but env 0) with its default preprocessing.</summary>
     public static TrainBenchResult Run(IMultiDomainDataset dataset, string model, int batchSize, int steps, int? threads = null,

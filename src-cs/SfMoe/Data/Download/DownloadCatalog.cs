@@ -41,7 +41,7 @@ public sealed record DatasetDownload(string Dataset, string DirName, IReadOnlyLi
 /// Where DomainBed's download.py gets each dataset, and the checksums known for those files. SHA-256 values are pinned
 /// only where a public source states them; the rest are null (the downloader then prints the computed value).
 /// </summary>
-public static class DownloadCatalog
+internal static class DownloadCatalog
 {
     const string Drive = "https://drive.google.com/uc?id=";
     const string DomainNetBase = "http://csr.bu.edu/ftp/visda/2019/multi-source/";

@@ -184,7 +184,7 @@ public sealed class SlurmClient
 }
 
 /// <summary>Batch scripts of the <c>slurm</c> launcher.</summary>
-public static class SlurmScript
+internal static class SlurmScript
 {
     static readonly Regex SafeWord = new(@"^[A-Za-z0-9_./:=@%+,-]+$", RegexOptions.CultureInvariant);
 

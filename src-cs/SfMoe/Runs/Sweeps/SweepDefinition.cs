@@ -271,7 +271,7 @@ public sealed class SweepJob
 
 /// <summary>Python's <c>json.dumps(obj, sort_keys=True)</c> with its default separators and ensure_ascii, for the
 /// value types a job's arguments hold.</summary>
-public static class PythonJson
+internal static class PythonJson
 {
     /// <summary>Serialises a dictionary (keys sorted ordinal, as Python sorts str), string, integer, bool, null, int[] or
     /// list; ", " and ": " separators; non-ASCII characters as \uXXXX escapes (UTF-16 units, as Python).</summary>
