@@ -56,6 +56,7 @@ DEADLINE=$((START + BUDGET))
 DEVICE=cuda
 [ "$DRY" = 1 ] && DEVICE=cpu
 STAGES="$WORK/stages.tsv"
+NO_GPU=0
 : > "$STAGES"
 
 # The python that has torch.
@@ -127,6 +128,10 @@ not_run() {
   echo "gpu-check: $1: not run: $2"
 }
 
+# dotnet is there and runs.
+have_dotnet() { command -v dotnet >/dev/null 2>&1 && timeout 60 dotnet --version >/dev/null 2>&1; }
+export -f have_dotnet
+
 env_info() {
   echo "== uname"; uname -a
   echo "== CPUs: $(nproc), memory: $(free -g 2>/dev/null | awk '/Mem:/ {print $2 " GiB"}')"
@@ -153,7 +158,8 @@ import os
 print("libtorch libraries:", os.path.join(os.path.dirname(torch.__file__), "lib"))
 EOF
   fi
-  echo "== dotnet"; if command -v dotnet >/dev/null 2>&1; then dotnet --version; else echo "dotnet: not found"; fi
+  echo "== dotnet"; if have_dotnet; then dotnet --version; else echo "dotnet: not found (or does not run)"; fi
+  return 0
 }
 export -f env_info
 export PY
@@ -165,6 +171,7 @@ if [ -z "$PY" ]; then
   not_run reference "no python with torch and numpy (set PYTHON)"
   not_run baseline "no python with torch and numpy (set PYTHON)"
 elif [ "$DRY" = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  NO_GPU=1
   not_run reference "torch.cuda.is_available() is False (no GPU, or a CPU build of PyTorch); --cpu-dry-run runs it on the CPU"
   not_run baseline "torch.cuda.is_available() is False"
 else
@@ -217,9 +224,9 @@ else
 fi
 
 # ---- .NET: SfMoe itself on the GPU
-if ! command -v dotnet >/dev/null 2>&1 && [ -z "${SFMOE_CLI:-}" ]; then
-  for s in dotnet-train-parity dotnet-bench-step; do
-    not_run "$s" "dotnet is not installed here, so SfMoe cannot be built or run; the PyTorch stages above are what this machine can check"
+if ! have_dotnet; then
+  for s in dotnet-train-parity dotnet-parity dotnet-bench-step; do
+    not_run "$s" "dotnet is not installed here (or does not run), so SfMoe cannot be built or run; the PyTorch stages above are what this machine can check"
   done
 else
   SFMOE=()
@@ -343,6 +350,8 @@ EOF
 fi
 echo "gpu-check: done in ${TOTAL} s: $REPORT${PY:+ and $JSON}"
 awk -F'\t' '{ printf "  %-22s %s\n", $1, $2 }' "$STAGES"
-# Exit code: 1 when a stage that ran failed or timed out; stages that could not run here do not count.
+# Exit code: 1 when a stage that ran failed or timed out (stages that could not run here do not count); 3 when, not
+# in a dry run, PyTorch sees no GPU, so nothing was checked on one.
 if awk -F'\t' '$2 ~ /^(failed|timed out)/ { bad = 1 } END { exit bad ? 0 : 1 }' "$STAGES"; then exit 1; fi
+if [ "$NO_GPU" = 1 ]; then echo "gpu-check: PyTorch sees no GPU here: nothing was checked on one (exit code 3)"; exit 3; fi
 exit 0
