@@ -244,8 +244,11 @@ else
   SO=${LIBTORCHSHARP:-$NATIVE_SO}
   if [ -n "$SO" ] && [ "${#SFMOE[@]}" -gt 0 ] && [ "${SFMOE[0]}" = dotnet ] && [ -n "$PY" ]; then
     APP="$WORK/app"; NATIVE_DIR="$APP/runtimes/linux-x64/native"
-    cp -al "$(dirname "${SFMOE[1]}")" "$APP" 2>/dev/null || cp -a "$(dirname "${SFMOE[1]}")" "$APP"
-    rm -f "$NATIVE_DIR"/libtorch*.so* "$NATIVE_DIR"/libc10*.so* "$NATIVE_DIR/libLibTorchSharp.so"
+    # A copy of the app without any libtorch of a package (two libtorch copies in one process do not work).
+    mkdir -p "$APP"
+    tar -C "$(dirname "${SFMOE[1]}")" --exclude='libtorch*.so*' --exclude='libc10*.so*' --exclude='libLibTorchSharp.so' -cf - . \
+      | tar -C "$APP" -xf -
+    mkdir -p "$NATIVE_DIR"
     cp "$SO" "$NATIVE_DIR/libLibTorchSharp.so"
     TORCH_LIB=$("$PY" -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))")
     export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -254,6 +257,7 @@ else
   fi
   if [ "${#SFMOE[@]}" -eq 0 ]; then
     not_run dotnet-train-parity "no SfMoe build (set SFMOE_CLI, or let dotnet build it: see dotnet-build)"
+    not_run dotnet-parity "no SfMoe build"
     not_run dotnet-bench-step "no SfMoe build"
   else
     train_parity() {
