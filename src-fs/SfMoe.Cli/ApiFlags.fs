@@ -66,6 +66,7 @@ let private dataFlags =
 let private sweepFlags =
     let l = ArgumentParser.Create<SweepArgs.LaunchArgs>()
     [ memberFlag <@ fun (o: LocalLauncher) -> o.Parallel @> (l.GetArgumentCaseInfo <@ SweepArgs.LaunchArgs.Jobs @>)
+      memberFlag <@ fun (o: LocalLauncher) -> o.GpusPerJob @> (l.GetArgumentCaseInfo <@ SweepArgs.LaunchArgs.Gpus_Per_Job @>)
       memberFlag <@ fun (m: SweepManifest) -> m.Directory @> (l.GetArgumentCaseInfo <@ SweepArgs.LaunchArgs.Output_Dir @>)
       memberFlag <@ fun (o: SlurmOptions) -> o.Partition @> (l.GetArgumentCaseInfo <@ SweepArgs.LaunchArgs.Partition @>)
       memberFlag <@ fun (o: SlurmOptions) -> o.Time @> (l.GetArgumentCaseInfo <@ SweepArgs.LaunchArgs.Time @>)

@@ -15,6 +15,7 @@ type LaunchArgs =
     | Data_Dir of dir: string
     | Launcher of name: string
     | Jobs of n: int
+    | Gpus_Per_Job of n: int
     | Threads of n: int
     | Workers of n: int
     | Sfmoe of command: string
@@ -44,14 +45,16 @@ type LaunchArgs =
             | N_Trials _ -> "trial seeds 0..n-1 (default 3)"
             | Data_Dir _ -> "data folder passed to every job"
             | Launcher _ -> "local (one job at a time, default), parallel (--jobs at once) or slurm (one sbatch job array)"
-            | Jobs _ -> "parallel: processes at once (default: the number of cores)"
+            | Jobs _ -> "parallel: processes at once (default: the number of cores; with --gpus-per-job: GPUs / N)"
+            | Gpus_Per_Job _ ->
+                "parallel: N GPUs for each job: GPUs / N jobs at once, each seeing only its own (CUDA_VISIBLE_DEVICES) and run with --device cuda unless the jobs set a device; the GPUs come from SFMOE_GPU_COUNT, else CUDA_VISIBLE_DEVICES, else nvidia-smi -L"
             | Threads _ -> "tensor threads per job (parallel: cores / jobs; slurm: --cpus-per-task; local: train's default)"
-            | Workers _ -> "data threads per job (parallel and slurm: threads / 2, at least 1)"
+            | Workers _ -> "data threads per job (parallel and slurm: threads / 2, at least 1; jobs on GPUs: threads - 1)"
             | Sfmoe _ -> "the command that runs sfmoe in the jobs, e.g. \"dotnet /opt/sfmoe/SfMoe.Cli.dll\" (default: this one; also SFMOE_EXE)"
             | Partition _ -> "slurm: --partition"
             | Time _ -> "slurm: --time per task, e.g. 04:00:00"
-            | Cpus_Per_Task _ -> "slurm: --cpus-per-task (default 1)"
-            | Gpus _ -> "slurm: --gpus per task, e.g. 1 (pass -- --device cuda to the jobs as well)"
+            | Cpus_Per_Task _ -> "slurm: --cpus-per-task (default 1; with --gpus 8 per GPU)"
+            | Gpus _ -> "slurm: --gpus per task, e.g. 1 or a100:1; the jobs run with --device cuda unless they set a device"
             | Mem _ -> "slurm: --mem per task, e.g. 8G"
             | Max_Concurrent _ -> "slurm: at most this many tasks of the array at once (--array=0-N%M)"
             | Job_Name _ -> "slurm: --job-name (default sfmoe-<folder name>)"

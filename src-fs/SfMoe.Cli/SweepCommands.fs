@@ -183,19 +183,38 @@ let launch (a: ParseResults<LaunchArgs>) (extra: string[]) =
             | Some name -> fail "--%s applies to --launcher slurm" name
             | None -> ()
     if launcher <> "parallel" && a.Contains LaunchArgs.Jobs then fail "--jobs applies to --launcher parallel"
+    if launcher <> "parallel" && a.Contains LaunchArgs.Gpus_Per_Job then fail "--gpus-per-job applies to --launcher parallel"
     let sfmoe = selfCommand (a.TryGetResult LaunchArgs.Sfmoe)
     let cores = Environment.ProcessorCount
     let threadsFlag, workersFlag = TrainFlags.launchFlag TrainFlags.flags TrainFlags.TensorThreads, TrainFlags.launchFlag TrainFlags.flags TrainFlags.DataWorkers
+    // GPUs: the parallel launcher's --gpus-per-job (checked against this machine's GPUs before anything starts) or
+    // Slurm's --gpus. Such jobs train on `cuda` unless the sweep's train options set a device.
+    let gpuPerJob = a.TryGetResult LaunchArgs.Gpus_Per_Job |> Option.map (positive "gpus-per-job")
+    let gpuInventory, gpuGroups =
+        match gpuPerJob with
+        | Some n when launcher = "parallel" ->
+            let inv = GpuInventory.Detect()
+            Some inv, Some(inv.Groups n)
+        | _ -> None, None
+    let onGpus = gpuGroups.IsSome || (launcher = "slurm" && a.Contains LaunchArgs.Gpus)
+    let deviceFlag = ApiNames.flagOf (TrainFlags.parser.GetArgumentCaseInfo <@ TrainFlags.TrainArgs.Device @>)
+    let jobsSetDevice = m.Jobs |> Seq.exists (fun j -> j.TrainArgs.ContainsKey(TrainFlags.extraKey deviceFlag))
+    let deviceArgs = if onGpus && not jobsSetDevice then [| deviceFlag; "cuda" |] else [||]
     let threadsArgs (t: int) =
-        let w = a.TryGetResult LaunchArgs.Workers |> Option.map (positive "workers") |> Option.defaultValue (max 1 (t / 2))
-        [| threadsFlag; string t; workersFlag; string w |]
-    let nParallel = a.TryGetResult LaunchArgs.Jobs |> Option.map (positive "jobs") |> Option.defaultValue cores
+        let defaultWorkers = if onGpus then max 1 (t - 1) else max 1 (t / 2)
+        let w = a.TryGetResult LaunchArgs.Workers |> Option.map (positive "workers") |> Option.defaultValue defaultWorkers
+        [| threadsFlag; string t; workersFlag; string w; yield! deviceArgs |]
+    let nParallel =
+        let given = a.TryGetResult LaunchArgs.Jobs |> Option.map (positive "jobs")
+        match gpuGroups with
+        | Some g -> min g.Count (given |> Option.defaultValue g.Count)
+        | None -> given |> Option.defaultValue cores
     let threads = a.TryGetResult LaunchArgs.Threads |> Option.map (positive "threads")
     let slurmOpts =
         SlurmOptions(
             Partition = (a.TryGetResult LaunchArgs.Partition |> Option.toObj),
             Time = (a.TryGetResult LaunchArgs.Time |> Option.toObj),
-            CpusPerTask = positive "cpus-per-task" (a.GetResult(LaunchArgs.Cpus_Per_Task, defaultValue = 1)),
+            CpusPerTask = (a.TryGetResult LaunchArgs.Cpus_Per_Task |> Option.map (positive "cpus-per-task") |> Option.toNullable),
             Gpus = (a.TryGetResult LaunchArgs.Gpus |> Option.toObj),
             Mem = (a.TryGetResult LaunchArgs.Mem |> Option.toObj),
             MaxConcurrent = (a.TryGetResult LaunchArgs.Max_Concurrent |> Option.map (positive "max-concurrent") |> Option.toNullable),
@@ -208,7 +227,7 @@ let launch (a: ParseResults<LaunchArgs>) (extra: string[]) =
     let launchArgs =
         match launcher with
         | "parallel" -> threadsArgs (threads |> Option.defaultValue (LocalLauncher.ThreadsPerJob(cores, nParallel)))
-        | "slurm" -> threadsArgs (threads |> Option.defaultValue slurmOpts.CpusPerTask)
+        | "slurm" -> threadsArgs (threads |> Option.defaultValue slurmOpts.EffectiveCpusPerTask)
         | _ ->
             [| match threads with Some t -> yield! [ threadsFlag; string t ] | None -> ()
                match a.TryGetResult LaunchArgs.Workers with Some w -> yield! [ workersFlag; string (positive "workers" w) ] | None -> () |]
@@ -229,6 +248,11 @@ let launch (a: ParseResults<LaunchArgs>) (extra: string[]) =
     else
         out.WriteLine(sprintf "%s %d jobs%s with the %s launcher." (if dryRun then "Would launch" else "Launching") jobs.Count
                         (if resumed > 0 then sprintf " (%d resuming)" resumed else "") launcher)
+        match gpuInventory, gpuGroups with
+        | Some inv, Some g ->
+            out.WriteLine(sprintf "GPUs (%s): %d jobs at once, each with CUDA_VISIBLE_DEVICES set to its own: %s." inv.Source nParallel
+                            (String.Join(" | ", g |> Seq.truncate nParallel)))
+        | _ -> ()
         if dryRun then
             match launcher with
             | "slurm" ->
@@ -252,6 +276,8 @@ let launch (a: ParseResults<LaunchArgs>) (extra: string[]) =
                 use cts = new Threading.CancellationTokenSource()
                 Console.CancelKeyPress.Add(fun e -> e.Cancel <- true; cts.Cancel())
                 let l = LocalLauncher(Parallel = (if launcher = "parallel" then nParallel else 1), LaunchArgs = launchArgs,
+                                      GpusPerJob = (gpuPerJob |> Option.defaultValue 0),
+                                      Gpus = (match gpuInventory with Some inv -> inv.Ids | None -> null),
                                       Report = (fun line -> lock Console.Out (fun () -> Console.WriteLine line)))
                 let r = l.Run(m, jobs, sfmoe, cts.Token)
                 let failed = r.Failed

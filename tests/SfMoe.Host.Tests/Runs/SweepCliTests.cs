@@ -85,12 +85,69 @@ public class SweepCliTests(ITestOutputHelper output) : IDisposable
             "--mem", "2G", "--gpus", "1", "--max-concurrent", "2", "--sbatch", "account=abc")]);
         Assert.True(slurm.Code == 0, slurm.Err);
         Assert.StartsWith("#!/bin/bash\n#SBATCH --job-name=sfmoe-dry\n#SBATCH --array=0-3%2\n", slurm.Out);
+        // GPU tasks train on cuda; their data workers get the CPUs the tensor threads do not need.
         foreach (var l in new[] { "#SBATCH --partition=debug", "#SBATCH --time=00:10:00", "#SBATCH --cpus-per-task=2", "#SBATCH --mem=2G",
-                                  "#SBATCH --gpus=1", "#SBATCH --account=abc", $"#SBATCH --output={dir}/slurm/%A_%a.out", "launch_args=(--threads 2 --workers 1)" })
+                                  "#SBATCH --gpus=1", "#SBATCH --account=abc", $"#SBATCH --output={dir}/slurm/%A_%a.out", "launch_args=(--threads 2 --workers 1 --device cuda)" })
             Assert.Contains(l + "\n", slurm.Out);
         Assert.Equal(4, Regex.Matches(slurm.Out, @"^  \d\) run_job [0-9a-f]{32} --algorithm SFMoE ", RegexOptions.Multiline).Count);
         Assert.Contains("Would launch 4 jobs with the slurm launcher.", slurm.Err);
+        // Without --cpus-per-task a GPU task gets 8 CPUs per GPU; without --gpus, 1 CPU and the jobs' own device.
+        var gpus2 = Sfmoe([.. TwoByTwo(dir, "--dry-run", "--launcher", "slurm", "--gpus", "a100:2")]);
+        Assert.True(gpus2.Code == 0, gpus2.Err);
+        Assert.Contains("#SBATCH --cpus-per-task=16\n", gpus2.Out);
+        Assert.Contains("launch_args=(--threads 16 --workers 15 --device cuda)\n", gpus2.Out);
+        var cpu = Sfmoe([.. TwoByTwo(dir, "--dry-run", "--launcher", "slurm")]);
+        Assert.Contains("#SBATCH --cpus-per-task=1\n", cpu.Out);
+        Assert.Contains("launch_args=(--threads 1 --workers 1)\n", cpu.Out);
+        // A sweep whose jobs set a device keeps it.
+        var own = Sfmoe([.. TwoByTwo(dir, "--dry-run", "--launcher", "slurm", "--gpus", "1"), "--device", "cuda:0"]);
+        Assert.True(own.Code == 0, own.Err);
+        Assert.Contains("launch_args=(--threads 8 --workers 7)\n", own.Out);
+        Assert.Equal(4, Regex.Matches(own.Out, @"^  \d\) run_job .* --device cuda:0 ", RegexOptions.Multiline).Count);
+
+        // The parallel launcher on GPUs (2 here, by SFMOE_GPU_COUNT): one job per GPU, each with --device cuda.
+        var gpuEnv = new Dictionary<string, string> { ["SFMOE_GPU_COUNT"] = "2" };
+        var pg = Sfmoe([.. TwoByTwo(dir, "--dry-run", "--launcher", "parallel", "--gpus-per-job", "1")], gpuEnv);
+        Assert.True(pg.Code == 0, pg.Err);
+        Assert.Contains("GPUs (SFMOE_GPU_COUNT=2): 2 jobs at once, each with CUDA_VISIBLE_DEVICES set to its own: 0 | 1.", pg.Out);
+        var pgCmds = pg.Out.Split('\n').Where(l => l.Contains(" train ")).ToArray();
+        Assert.Equal(4, pgCmds.Length);
+        int t = Math.Max(1, Environment.ProcessorCount / 2);
+        Assert.All(pgCmds, c => Assert.Contains($" --threads {t} --workers {Math.Max(1, t - 1)} --device cuda --output-dir ", c));
+        var pgOwn = Sfmoe([.. TwoByTwo(dir, "--dry-run", "--launcher", "parallel", "--gpus-per-job", "1", "--jobs", "1"), "--device", "cpu"], gpuEnv);
+        Assert.True(pgOwn.Code == 0, pgOwn.Err);
+        Assert.Contains("GPUs (SFMOE_GPU_COUNT=2): 1 jobs at once, each with CUDA_VISIBLE_DEVICES set to its own: 0.", pgOwn.Out);
+        Assert.All(pgOwn.Out.Split('\n').Where(l => l.Contains(" train ")), c => Assert.DoesNotContain("--device cuda", c));
         Assert.False(Directory.Exists(dir), "a dry run creates nothing");
+    }
+
+    [Fact]
+    public void AParallelLaunchPinsEachJobToItsOwnGpu()
+    {
+        var dir = Path.Combine(_dir, "gpu");
+        var fake = Path.Combine(_dir, "fake-sfmoe.sh");
+        // Records each job's GPU and arguments; a GPU in use by another job at the same time is a conflict.
+        File.WriteAllText(fake, $$"""
+            #!/bin/bash
+            d={{_dir}}
+            out=""; args=("$@")
+            for ((i=0; i<${#args[@]}; i++)); do [ "${args[$i]}" = --output-dir ] && out=${args[$((i+1))]}; done
+            echo "$CUDA_VISIBLE_DEVICES $*" >> $d/calls.txt
+            mkdir $d/gpu-$CUDA_VISIBLE_DEVICES 2>/dev/null || echo "GPU $CUDA_VISIBLE_DEVICES shared" >> $d/conflicts.txt
+            sleep 0.3
+            rmdir $d/gpu-$CUDA_VISIBLE_DEVICES
+            echo '{"step": 0}' >> "$out/results.jsonl"
+            echo done > "$out/done"
+            """.Replace("\r", ""));
+        var env = new Dictionary<string, string> { ["SFMOE_GPU_COUNT"] = "3" };
+        var r = Sfmoe([.. TwoByTwo(dir, "--launcher", "parallel", "--gpus-per-job", "1", "--sfmoe", "/bin/bash " + fake)], env);
+        Assert.True(r.Code == 0, r.Out + r.Err);
+        Assert.Contains("GPUs (SFMOE_GPU_COUNT=3): 3 jobs at once, each with CUDA_VISIBLE_DEVICES set to its own: 0 | 1 | 2.", r.Out);
+        Assert.Contains("Launched 4 jobs: 4 succeeded, 0 failed.", r.Out);
+        Assert.False(File.Exists(Path.Combine(_dir, "conflicts.txt")), "two jobs at once shared a GPU");
+        var calls = File.ReadAllLines(Path.Combine(_dir, "calls.txt"));
+        Assert.Equal(4, calls.Length);
+        Assert.All(calls, c => Assert.Matches(@"^[012] train .* --device cuda --output-dir ", c));
     }
 
     [Fact]
@@ -108,6 +165,14 @@ public class SweepCliTests(ITestOutputHelper output) : IDisposable
         Expect(Sfmoe(["sweep", "launch", "--output-dir", dir, "--dry-run", "--", "--seed", "3"]), "--seed is set by the sweep");
         Expect(Sfmoe(["sweep", "launch", "--output-dir", dir, "--dry-run", "--partition", "p"]), "--partition applies to --launcher slurm");
         Expect(Sfmoe(["sweep", "launch", "--output-dir", dir, "--dry-run", "--launcher", "pbs"]), "--launcher must be local, parallel or slurm");
+        Expect(Sfmoe(["sweep", "launch", "--output-dir", dir, "--dry-run", "--gpus-per-job", "1"]), "--gpus-per-job applies to --launcher parallel");
+        Expect(Sfmoe(["sweep", "launch", "--output-dir", dir, "--dry-run", "--launcher", "parallel", "--gpus-per-job", "1"],
+                     new Dictionary<string, string> { ["SFMOE_GPU_COUNT"] = "0" }),
+               "--gpus-per-job 1 needs GPUs; none found (SFMOE_GPU_COUNT=0)");
+        Expect(Sfmoe(["sweep", "launch", "--output-dir", dir, "--launcher", "parallel", "--gpus-per-job", "2"],
+                     new Dictionary<string, string> { ["SFMOE_GPU_COUNT"] = "1" }),
+               "--gpus-per-job 2 is above the 1 GPUs found (SFMOE_GPU_COUNT=1)");
+        Assert.False(Directory.Exists(dir), "too few GPUs: an error before anything starts");
         Expect(Sfmoe(["sweep", "launch", "--output-dir", dir, "--dry-run", "--test-envs", "7"]), "test env 7 is out of range");
         Expect(Sfmoe(["sweep", "status", "--output-dir", dir]), "folder not found");
         Expect(Sfmoe(["sweep", "status", "--output-dir", _dir]), "holds no sweep.json");
@@ -174,7 +239,7 @@ public class SweepCliTests(ITestOutputHelper output) : IDisposable
     /// <summary>
     /// The real thing: scripts/slurm-local.sh starts a single-node cluster (munge, slurmctld, slurmd); a 2 test env x
     /// 2 trial sweep of a tiny SF-MoE on Synthetic goes through sbatch as one array; one task is killed (scancel) as it
-    /// runs, one is cancelled while queued, and a finished job is "killed" after a checkpoint (done removed, results
+    /// runs (held until then, so that it cannot finish first under load), one is cancelled while queued, and a finished job is "killed" after a checkpoint (done removed, results
     /// cut); collect prints the tables and lists the unfinished jobs; a relaunch runs exactly those three (one
     /// resumes) and leaves the other job's files untouched. The daemons are stopped in any case.
     /// </summary>
@@ -195,19 +260,40 @@ public class SweepCliTests(ITestOutputHelper output) : IDisposable
         {
             Assert.True(start.Code == 0, $"cluster start failed:\n{start.Out}\n{start.Err}");
             var dir = Path.Combine(_dir, "sweep");
-            var launch = Sfmoe([.. TwoByTwo(dir, "--launcher", "slurm", "--max-concurrent", "1", "--time", "00:10:00")], env);
+            // Task 0 is held (its sfmoe waits for a release file) until it has been cancelled, so it is killed while it
+            // runs however fast a run is: the outcome does not depend on timing. The relaunch runs plain sfmoe.
+            var held = Path.Combine(_dir, "task0-held");
+            var release = Path.Combine(_dir, "task0-release");
+            var hold = Path.Combine(_dir, "hold-task0.sh");
+            File.WriteAllText(hold, $$"""
+                #!/bin/bash
+                if [ "${SLURM_ARRAY_TASK_ID:-}" = 0 ]; then
+                  touch {{held}}
+                  while [ ! -e {{release}} ]; do sleep 0.1; done
+                fi
+                exec "$@"
+                """.Replace("\r", ""));
+            var launch = Sfmoe([.. TwoByTwo(dir, "--launcher", "slurm", "--max-concurrent", "1", "--time", "00:10:00", "--sfmoe",
+                                            $"/bin/bash {hold} {Exec("/bin/sh", ["-c", "command -v dotnet"]).Out.Trim()} {CliDll()}")], env);
             Assert.True(launch.Code == 0, launch.Out + launch.Err);
             var array = Regex.Match(launch.Out, @"submitted array job (\d+): 4 tasks").Groups[1].Value;
             Assert.NotEqual("", array);
-            // Kill task 0 as soon as it runs (a run takes seconds), and cancel task 3 while it waits behind the %1 throttle.
+            // Once task 0 runs (held), cancel task 3 while it waits behind the %1 throttle, then task 0; only then
+            // release the hold (a task that survived the cancel would now finish, and the test would say so).
             var running = Stopwatch.StartNew();
-            while (Exec("squeue", ["--noheader", "--array", "--jobs=" + array, "--format=%K %T"], env).Out.Split('\n').All(l => l.Trim() != "0 RUNNING"))
+            while (!File.Exists(held))
             {
                 Assert.True(running.Elapsed < TimeSpan.FromSeconds(120), "task 0 never ran");
                 Thread.Sleep(100);
             }
-            Assert.True(Exec("scancel", [array + "_0"], env).Code == 0);
             Assert.True(Exec("scancel", [array + "_3"], env).Code == 0);
+            Assert.True(Exec("scancel", [array + "_0"], env).Code == 0);
+            while (Exec("squeue", ["--noheader", "--array", "--jobs=" + array, "--format=%K %T"], env).Out.Split('\n').Any(l => l.Trim().StartsWith("0 ")))
+            {
+                Assert.True(running.Elapsed < TimeSpan.FromSeconds(180), "task 0 did not end after scancel");
+                Thread.Sleep(100);
+            }
+            File.WriteAllText(release, "");
 
             var wait = Sfmoe(["sweep", "wait", "--output-dir", dir, "--timeout", "300", "--poll", "1"], env);
             Assert.True(wait.Code == 1, "two jobs were cancelled: " + wait.Out + wait.Err);

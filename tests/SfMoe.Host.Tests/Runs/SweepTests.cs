@@ -344,6 +344,103 @@ public class SweepTests : IDisposable
     }
 
     [Fact]
+    public void GpusComeFromTheOverrideCudaVisibleDevicesOrNvidiaSmi()
+    {
+        Assert.Equal(["0", "1", "2"], GpuInventory.Detect(k => k == "SFMOE_GPU_COUNT" ? "3" : "9,8").Ids);
+        Assert.Contains("SFMOE_GPU_COUNT must be a whole number >= 0, got 'two'",
+            Assert.ThrowsAny<SfMoeException>(() => GpuInventory.Detect(k => k == "SFMOE_GPU_COUNT" ? "two" : null)).Message);
+        // Inside an allocation only the GPUs it was given; CUDA ignores the entries from an invalid one on.
+        var visible = GpuInventory.Detect(k => k == "CUDA_VISIBLE_DEVICES" ? "2, 5,-1,7" : null, "/nonexistent/nvidia-smi");
+        Assert.Equal(["2", "5"], visible.Ids);
+        Assert.Equal(["2", "5"], visible.Groups(1));
+        Assert.Empty(GpuInventory.Detect(k => k == "CUDA_VISIBLE_DEVICES" ? "" : null, "/nonexistent/nvidia-smi").Ids);
+        // nvidia-smi -L: one line per GPU.
+        var smi = Path.Combine(_dir, "nvidia-smi");
+        File.WriteAllText(smi, "#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-a)'\necho 'GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-b)'\necho '  MIG 1g.10gb Device 0: (UUID: MIG-c)'\n");
+        File.SetUnixFileMode(smi, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        var found = GpuInventory.Detect(_ => null, smi);
+        Assert.Equal(["0", "1"], found.Ids);
+        Assert.Equal($"{smi} -L: 2 GPUs", found.Source);
+        var broken = Path.Combine(_dir, "broken-smi");
+        File.WriteAllText(broken, "#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.' >&2\nexit 9\n");
+        File.SetUnixFileMode(broken, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        Assert.Equal("LocalLauncher.GpusPerJob 1 needs GPUs; none found (" + broken + " -L failed (exit code 9): NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.)",
+            Assert.ThrowsAny<SfMoeException>(() => GpuInventory.Detect(_ => null, broken).Groups(1)).Message);
+        Assert.Equal("LocalLauncher.GpusPerJob 1 needs GPUs; none found (/nonexistent/nvidia-smi -L: not found; where GPUs have no nvidia-smi, SFMOE_GPU_COUNT=N says how many there are)",
+            Assert.ThrowsAny<SfMoeException>(() => GpuInventory.Detect(_ => null, "/nonexistent/nvidia-smi").Groups(1)).Message);
+        // Disjoint groups of N, the leftover idle; more than there are is an error.
+        var five = new GpuInventory(["0", "1", "2", "3", "4"], "test");
+        Assert.Equal(["0,1", "2,3"], five.Groups(2));
+        Assert.Equal(["0", "1", "2", "3", "4"], five.Groups(1));
+        Assert.Equal("LocalLauncher.GpusPerJob 6 is above the 5 GPUs found (test)", Assert.ThrowsAny<SfMoeException>(() => five.Groups(6)).Message);
+        Assert.Contains("must be >= 1", Assert.ThrowsAny<SfMoeException>(() => five.Groups(0)).Message);
+    }
+
+    /// <summary>A stand-in for sfmoe on GPUs: records its CUDA_VISIBLE_DEVICES and arguments, takes a lock per GPU
+    /// (a GPU already locked is a conflict), waits until a second job runs (unless it started last), records how many
+    /// run, then writes its results.</summary>
+    string FakeGpuSfmoe(int jobs)
+    {
+        var path = Path.Combine(_dir, "fake-gpu-sfmoe.sh");
+        File.WriteAllText(path, $$"""
+            #!/bin/bash
+            d={{_dir}}
+            out=""; args=("$@")
+            for ((i=0; i<${#args[@]}; i++)); do [ "${args[$i]}" = --output-dir ] && out=${args[$((i+1))]}; done
+            echo "$CUDA_VISIBLE_DEVICES" >> $d/gpus.txt
+            echo "$@" >> $d/calls.txt
+            IFS=, read -ra ids <<< "$CUDA_VISIBLE_DEVICES"
+            for g in "${ids[@]}"; do mkdir $d/gpu-$g 2>/dev/null || echo "GPU $g shared" >> $d/conflicts.txt; done
+            mkdir -p $d/running $d/started && touch $d/running/$$ $d/started/$$
+            for i in $(seq 300); do
+              n=$(ls $d/running | wc -l)
+              [ "$n" -ge 2 ] || [ "$(ls $d/started | wc -l)" -ge {{jobs}} ] && break
+              sleep 0.1
+            done
+            echo "$n" >> $d/concurrency.txt
+            sleep 0.2
+            rm -f $d/running/$$
+            for g in "${ids[@]}"; do rmdir $d/gpu-$g; done
+            echo '{"step": 0}' >> "$out/results.jsonl"
+            echo done > "$out/done"
+            """.Replace("\r", ""));
+        return path;
+    }
+
+    [Fact]
+    public void TheParallelLauncherGivesEachJobItsOwnGpus()
+    {
+        var m = SweepManifest.Create(Path.Combine(_dir, "sweep"), Def(), Cl, FourEnvs);   // 4 jobs
+        m.Save();
+        // 5 GPUs, 2 per job: two jobs at once on 0,1 and 2,3; GPU 4 stays idle. Parallel above that is capped.
+        var lines = new List<string>();
+        var launcher = new LocalLauncher { Parallel = 8, GpusPerJob = 2, Gpus = ["0", "1", "2", "3", "4"], LaunchArgs = ["--device", "cuda"],
+                                           Report = l => { lock (lines) lines.Add(l); } };
+        var r = launcher.Run(m, m.Jobs, ["/bin/bash", FakeGpuSfmoe(4)]);
+        Assert.Empty(r.Failed);
+        Assert.Equal(4, r.Outcomes.Count);
+        Assert.False(File.Exists(Path.Combine(_dir, "conflicts.txt")), "two jobs at once shared a GPU");
+        var gpus = File.ReadAllLines(Path.Combine(_dir, "gpus.txt"));
+        Assert.Equal(4, gpus.Length);
+        Assert.All(gpus, g => Assert.Contains(g, new[] { "0,1", "2,3" }));
+        Assert.Equal(["0,1", "2,3"], gpus.Distinct().Order());
+        var counts = File.ReadAllLines(Path.Combine(_dir, "concurrency.txt")).Select(int.Parse).ToArray();
+        Assert.Equal(2, counts.Max());
+        Assert.All(File.ReadAllLines(Path.Combine(_dir, "calls.txt")), c => Assert.Contains("--device cuda --output-dir ", c));
+        Assert.Contains(lines, l => l.Contains("(GPU 0,1): started"));
+        Assert.Contains("CUDA_VISIBLE_DEVICES=", File.ReadAllText(Path.Combine(m.JobDirectory(m.Jobs[0]), SweepManifest.JobLogName)));
+        Assert.Equal("parallel", Assert.Single(SweepManifest.Load(m.Directory, Cl).Launches).Launcher);
+
+        // Too few GPUs: an error before anything starts (nothing recorded, no job folder).
+        var m2 = SweepManifest.Create(Path.Combine(_dir, "none"), Def(), Cl, FourEnvs);
+        m2.Save();
+        var e = Assert.ThrowsAny<SfMoeException>(() => new LocalLauncher { Parallel = 2, GpusPerJob = 1, Gpus = [] }.Run(m2, m2.Jobs, ["/bin/false"]));
+        Assert.Equal("LocalLauncher.GpusPerJob 1 needs GPUs; none found (LocalLauncher.Gpus)", e.Message);
+        Assert.Empty(SweepManifest.Load(m2.Directory, Cl).Launches);
+        Assert.All(m2.Jobs, j => Assert.False(Directory.Exists(m2.JobDirectory(j))));
+    }
+
+    [Fact]
     public void ALocalLaunchHoldsTheSweepsLock()
     {
         var m = SweepManifest.Create(_dir, Def(), Cl, FourEnvs);
@@ -395,6 +492,14 @@ public class SweepTests : IDisposable
         Assert.Equal(new[] { 5, 5, 2 }, parts.Select(p => p.Jobs.Count));
         Assert.Contains("#SBATCH --array=0-1\n", parts[2].Script);
         Assert.Contains("white space", Assert.ThrowsAny<SfMoeException>(() => SlurmScript.Generate(m, m.Jobs, ["x"], [], o with { Partition = "a b" })).Message);
+        // CPUs per task: as given; else 8 per GPU of --gpus; else 1.
+        string Cpus(SlurmOptions so) => SlurmScript.Generate(m, m.Jobs, ["x"], [], so).Split('\n').Single(l => l.StartsWith("#SBATCH --cpus-per-task="));
+        Assert.Equal("#SBATCH --cpus-per-task=1", Cpus(new SlurmOptions()));
+        Assert.Equal("#SBATCH --cpus-per-task=8", Cpus(new SlurmOptions { Gpus = "1" }));
+        Assert.Equal("#SBATCH --cpus-per-task=16", Cpus(new SlurmOptions { Gpus = "a100:2" }));
+        Assert.Equal("#SBATCH --cpus-per-task=8", Cpus(new SlurmOptions { Gpus = "a100" }));
+        Assert.Equal("#SBATCH --cpus-per-task=3", Cpus(new SlurmOptions { Gpus = "2", CpusPerTask = 3 }));
+        Assert.Contains("must be >= 1", Assert.ThrowsAny<SfMoeException>(() => Cpus(new SlurmOptions { CpusPerTask = 0 })).Message);
     }
 
     [Fact]

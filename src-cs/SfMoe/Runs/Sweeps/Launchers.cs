@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
 
@@ -38,12 +39,23 @@ public enum JobStart
 /// <summary>
 /// The <c>local</c> (one job at a time) and <c>parallel</c> (N processes at once) launchers: each job is one
 /// training process on this machine (<see cref="SweepManifest.CommandLine"/>), its stdout and stderr appended to
-/// <c>job.out</c> in its folder.
+/// <c>job.out</c> in its folder. With <see cref="GpusPerJob"/>, each job gets GPUs of its own.
 /// </summary>
 public sealed class LocalLauncher
 {
-    /// <summary>Processes at once (1: the local launcher).</summary>
+    /// <summary>Processes at once (1: the local launcher); with <see cref="GpusPerJob"/>, also at most one per group
+    /// of GPUs.</summary>
     public int Parallel { get; init; } = 1;
+    /// <summary>
+    /// GPUs for each job (0: none, the default). The launcher finds this machine's GPUs (<c>SFMOE_GPU_COUNT</c>, else
+    /// <c>CUDA_VISIBLE_DEVICES</c>, else <c>nvidia-smi -L</c>), splits them into floor(GPUs / GpusPerJob) disjoint
+    /// groups and runs at most one job per group at once, with <c>CUDA_VISIBLE_DEVICES</c> set to its group, so each
+    /// job's <c>cuda</c> is its own GPU. Too few GPUs is an error before any job starts. The jobs' device flag is the
+    /// caller's (<see cref="LaunchArgs"/>).
+    /// </summary>
+    public int GpusPerJob { get; init; }
+    /// <summary>The GPUs to hand out (null: found on this machine, see <see cref="GpusPerJob"/>).</summary>
+    internal IReadOnlyList<string>? Gpus { get; init; }
     /// <summary>Arguments after every job's own (e.g. the threads each job may use).</summary>
     public IReadOnlyList<string> LaunchArgs { get; init; } = [];
     /// <summary>Receives a line as each job starts and ends.</summary>
@@ -85,12 +97,17 @@ public sealed class LocalLauncher
     public LocalLaunchResult Run(SweepManifest sweep, IReadOnlyList<SweepJob> jobs, IReadOnlyList<string> sfmoe, CancellationToken ct = default)
     {
         if (Parallel < 1) throw new RunException($"LocalLauncher.Parallel must be >= 1, got {Parallel}");
+        var groups = GpuGroups();
+        int atOnce = groups is null ? Parallel : Math.Min(Parallel, groups.Count);
         using var _ = Sweep.LockForLocalLaunch(sweep.Directory);
-        sweep.AddLaunch(new SweepLaunch(Parallel == 1 ? "local" : "parallel", DateTimeOffset.UtcNow, jobs.Select(j => j.Id).ToArray(), sfmoe));
+        sweep.AddLaunch(new SweepLaunch(Parallel == 1 && groups is null ? "local" : "parallel", DateTimeOffset.UtcNow, jobs.Select(j => j.Id).ToArray(), sfmoe));
         sweep.Save();
         var outcomes = new List<JobOutcome>();
         var notStarted = new List<SweepJob>();
-        using var slots = new SemaphoreSlim(Parallel);
+        // A job takes a free group of GPUs as it starts and gives it back as it ends; the semaphore never lets more
+        // jobs run than there are groups, so a group is always free when a job starts.
+        var freeGpus = new ConcurrentQueue<string>(groups ?? []);
+        using var slots = new SemaphoreSlim(atOnce);
         var running = new List<Task>();
         int started = 0;
         foreach (var job in jobs)
@@ -100,21 +117,36 @@ public sealed class LocalLauncher
             int k = ++started;
             running.Add(Task.Run(() =>
             {
+                string? gpus = null;
                 try
                 {
-                    var o = RunOne(sweep, job, sfmoe, k, jobs.Count);
+                    if (groups is not null && !freeGpus.TryDequeue(out gpus)) throw new InvalidOperationException("no free GPU group for a started job");
+                    var o = RunOne(sweep, job, sfmoe, k, jobs.Count, gpus);
                     lock (outcomes) outcomes.Add(o);
                 }
-                finally { slots.Release(); }
+                finally
+                {
+                    if (gpus is not null) freeGpus.Enqueue(gpus);
+                    slots.Release();
+                }
             }, CancellationToken.None));
         }
         Task.WaitAll(running.ToArray());
         return new LocalLaunchResult(outcomes, notStarted);
     }
 
-    JobOutcome RunOne(SweepManifest sweep, SweepJob job, IReadOnlyList<string> sfmoe, int k, int n)
+    /// <summary>The CUDA_VISIBLE_DEVICES value of each job slot (null without <see cref="GpusPerJob"/>); throws when
+    /// there are too few GPUs.</summary>
+    internal IReadOnlyList<string>? GpuGroups()
     {
-        var tag = $"[{k}/{n}] {job.Id[..8]} {job.Describe()}";
+        if (GpusPerJob == 0) return null;
+        var inventory = Gpus is null ? GpuInventory.Detect() : new GpuInventory(Gpus, "LocalLauncher.Gpus");
+        return inventory.Groups(GpusPerJob);
+    }
+
+    JobOutcome RunOne(SweepManifest sweep, SweepJob job, IReadOnlyList<string> sfmoe, int k, int n, string? gpus)
+    {
+        var tag = $"[{k}/{n}] {job.Id[..8]} {job.Describe()}{(gpus is null ? "" : $" (GPU {gpus})")}";
         var start = Prepare(sweep, job);
         if (start == JobStart.Skip)
         {
@@ -123,12 +155,13 @@ public sealed class LocalLauncher
         }
         var cmd = CommandOf(sweep, job, sfmoe, LaunchArgs, start == JobStart.Resume);
         var log = Path.Combine(sweep.JobDirectory(job), SweepManifest.JobLogName);
-        File.AppendAllText(log, $"== sfmoe sweep {DateTime.UtcNow:yyyy-MM-ddTHH:mm:ssZ}: {string.Join(" ", cmd.Select(SlurmScript.Quote))}\n");
+        File.AppendAllText(log, $"== sfmoe sweep {DateTime.UtcNow:yyyy-MM-ddTHH:mm:ssZ}: {(gpus is null ? "" : $"CUDA_VISIBLE_DEVICES={gpus} ")}{string.Join(" ", cmd.Select(SlurmScript.Quote))}\n");
         Report?.Invoke($"{tag}: {(start == JobStart.Resume ? "resuming" : "started")}");
         var sw = Stopwatch.StartNew();
         int code;
         // The shell appends both streams to the log (no pumping through this process); stdin is empty.
         var psi = new ProcessStartInfo("/bin/sh") { UseShellExecute = false, RedirectStandardInput = true };
+        if (gpus is not null) psi.Environment["CUDA_VISIBLE_DEVICES"] = gpus;
         foreach (var a in new[] { "-c", "log=$1; shift; exec \"$@\" >>\"$log\" 2>&1 </dev/null", "sh", log }) psi.ArgumentList.Add(a);
         foreach (var a in cmd) psi.ArgumentList.Add(a);
         try

@@ -12,10 +12,26 @@ public sealed record SlurmOptions
     public string? Partition { get; init; }
     /// <summary>--time, e.g. "02:00:00" or "1-00:00:00" (null: the partition's default).</summary>
     public string? Time { get; init; }
-    /// <summary>--cpus-per-task (default 1); the job's --threads follow it unless given.</summary>
-    public int CpusPerTask { get; init; } = 1;
+    /// <summary>--cpus-per-task (null: <see cref="DefaultCpusPerGpu"/> per GPU of <see cref="Gpus"/>, else 1); the
+    /// job's threads and data workers follow it unless given.</summary>
+    public int? CpusPerTask { get; init; }
     /// <summary>--gpus per task, e.g. "1" or "a100:1" (null: none).</summary>
     public string? Gpus { get; init; }
+
+    /// <summary>CPUs a GPU task gets when <see cref="CpusPerTask"/> is not given: enough data workers to decode and
+    /// augment a GPU's batches.</summary>
+    internal const int DefaultCpusPerGpu = 8;
+
+    /// <summary>The --cpus-per-task that goes into the script: <see cref="CpusPerTask"/>, else 8 per GPU, else 1.</summary>
+    internal int EffectiveCpusPerTask =>
+        CpusPerTask ?? (Gpus is null ? 1 : DefaultCpusPerGpu * GpuCount(Gpus));
+
+    /// <summary>The GPUs of a --gpus value: "2" and "a100:2" are 2; "a100" is 1.</summary>
+    internal static int GpuCount(string gpus)
+    {
+        var last = gpus.Split(':').Last();
+        return int.TryParse(last, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n > 0 ? n : 1;
+    }
     /// <summary>--mem, e.g. "8G" (null: the cluster's default).</summary>
     public string? Mem { get; init; }
     /// <summary>At most this many tasks of the array at once (the %N of --array; null: no limit).</summary>
@@ -212,7 +228,8 @@ internal static class SlurmScript
         L($"#SBATCH --job-name={Clean(o.JobName ?? "sfmoe-" + System.IO.Path.GetFileName(sweep.Directory))}");
         L($"#SBATCH --array=0-{jobs.Count - 1}{(o.MaxConcurrent is int m ? "%" + m.ToString(CultureInfo.InvariantCulture) : "")}");
         L($"#SBATCH --output={sweep.Directory}/{SweepManifest.SlurmFolder}/%A_%a.out");
-        L($"#SBATCH --cpus-per-task={o.CpusPerTask.ToString(CultureInfo.InvariantCulture)}");
+        if (o.CpusPerTask is < 1) throw new RunException($"SlurmOptions.CpusPerTask must be >= 1, got {o.CpusPerTask}");
+        L($"#SBATCH --cpus-per-task={o.EffectiveCpusPerTask.ToString(CultureInfo.InvariantCulture)}");
         if (o.Partition is not null) L($"#SBATCH --partition={Clean(o.Partition)}");
         if (o.Time is not null) L($"#SBATCH --time={Clean(o.Time)}");
         if (o.Gpus is not null) L($"#SBATCH --gpus={Clean(o.Gpus)}");
