@@ -90,6 +90,15 @@ let tests =
                 m.eval () |> ignore
                 use expected = m.forward x
                 expectClose 1e-6 "logits" o["logits"] expected
+                // --precision bf16: float32 logits within bf16 tolerance of fp32's
+                let out16 = Path.Combine(dir, "out16.safetensors")
+                let r16 = sfmoe [ "forward"; "--model"; "sfmoe_test_patch8_32"; "--weights"; weights; "--input"; input; "--output"; out16; "--second-policy"; "all"; "--precision"; "bf16" ]
+                Expect.equal r16.Code 0 r16.Err
+                Expect.stringContains r16.Err "precision bf16" "says what bf16 means"
+                use o16 = readSafeTensors out16
+                Expect.equal o16["logits"].dtype torch.ScalarType.Float32 "float32 logits"
+                Expect.isFalse (tensorsEqual o16["logits"] expected) "computed in bfloat16"
+                Expect.isLessThan (relErr o16["logits"] expected) 0.05 "within bf16 tolerance"
                 Expect.sequenceEqual (o.Tensors |> List.map fst |> List.filter (fun n -> n.StartsWith "routing.1.")) [ "routing.1.index_1"; "routing.1.kept_1"; "routing.1.gate_1"; "routing.1.index_2"; "routing.1.kept_2"; "routing.1.gate_2" ] "routing keys"
                 Expect.sequenceEqual o["routing.3.index_1"].shape [| 2L; 18L |] "(B, N)"
                 // strict loading: a missing key is named
