@@ -70,7 +70,7 @@ type TrainArgs =
             | Workers _ -> "threads decoding and augmenting images (default: half the cores)"
             | Device _ -> "cpu (default), cuda or cuda:N"
             | Precision _ -> precisionUsage + "; on --resume, default: the run's"
-            | Deterministic -> "libtorch's deterministic algorithms on CUDA (no atomics in index_add/scatter_add; slower); the CPU is deterministic already"
+            | Deterministic -> "libtorch's deterministic algorithms (on CUDA: no atomics in index_add/scatter_add or the gathers' backward; slower); on a CPU no result changes"
             | Output_Dir _ -> "run folder: results.jsonl, model.safetensors, train_state.safetensors, log.txt, done"
             | Resume -> "continue the run in --output-dir from its last checkpoint"
             | Eval_Cache_Mb _ -> "memory budget for evaluation images kept decoded and resized (default 2048)"
