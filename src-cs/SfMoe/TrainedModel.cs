@@ -30,19 +30,36 @@ public sealed class TrainedModel : IDisposable
 {
     readonly Networks.Network _net;
     readonly Device _device;
+    readonly Tensors.Precision _precision;
 
-    TrainedModel(Networks.Network net, ModelHeader header, Device device) { _net = net; Header = header; _device = device; }
+    TrainedModel(Networks.Network net, ModelHeader header, Device device, Precision precision)
+    {
+        _net = net; Header = header; _device = device; Precision = precision; _precision = Precisions.ToCore(precision);
+        PrecisionNote = Tensors.PrecisionModule.configure(device, _precision);
+    }
 
     static TrainedModel() { Native.ensure(); }
 
     /// <summary>Loads a model file (.safetensors with an SfMoe header).</summary>
     /// <exception cref="SfMoeException">Missing, corrupt or foreign file; the message names it.</exception>
-    public static TrainedModel Load(string path, string device = "cpu")
+    public static TrainedModel Load(string path, string device = "cpu") => Load(path, device, Precision.Fp32);
+
+    /// <summary>Loads a model file to run on <paramref name="device"/> in <paramref name="precision"/> (bf16: bfloat16
+    /// matmuls and attention, float32 logits; tf32 changes nothing on a CPU).</summary>
+    /// <exception cref="SfMoeException">Missing, corrupt or foreign file; the message names it.</exception>
+    public static TrainedModel Load(string path, string device, Precision precision)
     {
+        _ = Precisions.ToCore(precision); // an undefined value fails before the file is read
         var (net, header) = ModelFile.Load(path, device);
         net.SetTraining(false);
-        return new TrainedModel(net, header, Runs.Trainer.Device(device));
+        return new TrainedModel(net, header, Runs.Trainer.Device(device), precision);
     }
+
+    /// <summary>The precision the model computes in.</summary>
+    public Precision Precision { get; }
+
+    /// <summary>What the precision means on the model's device (e.g. that tf32 changes nothing on a CPU).</summary>
+    internal string PrecisionNote { get; }
 
     /// <summary>What the file says about the model.</summary>
     public ModelHeader Header { get; }
@@ -59,7 +76,8 @@ public sealed class TrainedModel : IDisposable
         _net.SetTraining(false);
         try
         {
-            var o = Networks.forward(_net, rng, false, TrainStream.OnDevice(images.alias(), _device));
+            var ctx = new Tensors.Ctx(false, Microsoft.FSharp.Core.FSharpOption<Tensors.Rng>.Some(Tensors.Rng.NewHost(rng)), _precision, false);
+            var o = Networks.run(_net, ctx, false, TrainStream.OnDevice(images.alias(), _device));
             return scope.MoveToOuter(o.Logits);
         }
         catch (ArgumentException e) { throw new DatasetException(e.Message.Split(" (Parameter")[0], e); }

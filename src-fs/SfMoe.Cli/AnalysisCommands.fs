@@ -138,6 +138,7 @@ type ProfileArgs =
     | Repeats of n: int
     | Threads of n: int
     | Device of device: string
+    | Precision of name: string
     | No_Timing
     | Json
     interface IArgParserTemplate with
@@ -152,6 +153,7 @@ type ProfileArgs =
             | Repeats _ -> "timed runs, the two models interleaved; the median is reported (default 5)"
             | Threads _ -> "CPU threads (default: all cores)"
             | Device _ -> "cpu (default) or cuda"
+            | Precision _ -> precisionUsage
             | No_Timing -> "only the closed-form numbers (parameters, MACs): no model is built"
             | Json -> "print {\"model\": {...}, \"dense_twin\": {...}}"
 
@@ -294,10 +296,11 @@ let profile (a: ParseResults<ProfileArgs>) =
     let img = a.TryGetResult ProfileArgs.Img_Size |> Option.map (positive "img-size") |> Option.toNullable
     let batch = positive "batch-size" (a.GetResult(ProfileArgs.Batch_Size, defaultValue = 8))
     let repeats = if a.Contains ProfileArgs.No_Timing then 0 else positive "repeats" (a.GetResult(ProfileArgs.Repeats, defaultValue = 5))
+    let precision = precisionOf (a.GetResult(ProfileArgs.Precision, defaultValue = "fp32"))
     let r =
         ModelProfiler.Profile(Option.toObj model, Option.toObj configJson, pattern, img, batch,
                               max 0 (a.GetResult(ProfileArgs.Warmup, defaultValue = 2)), repeats,
-                              a.GetResult(ProfileArgs.Device, defaultValue = "cpu"))
+                              a.GetResult(ProfileArgs.Device, defaultValue = "cpu"), precision)
     let m, t = r.Model, r.DenseTwin
     if a.Contains ProfileArgs.Json then
         let side (p: ModelProfile) =
@@ -333,5 +336,5 @@ let profile (a: ParseResults<ProfileArgs>) =
         table Console.Out rows
         match m.Timings with
         | null -> ()
-        | x -> Console.WriteLine(sprintf "\nmedians of %d runs after %d warm-up, %d threads; MACs: closed forms (a sparse block counts k experts per token)" repeats (max 0 (a.GetResult(ProfileArgs.Warmup, defaultValue = 2))) x.Threads)
+        | x -> Console.WriteLine(sprintf "\nmedians of %d runs after %d warm-up, %s, %s, %d threads; MACs: closed forms (a sparse block counts k experts per token)" repeats (max 0 (a.GetResult(ProfileArgs.Warmup, defaultValue = 2))) x.Device x.Precision x.Threads)
     0

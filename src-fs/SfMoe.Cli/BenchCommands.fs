@@ -20,6 +20,8 @@ type BenchMoeArgs =
     | Policy of policy: string
     | Scope of scope: string
     | Threads of n: int
+    | Device of device: string
+    | Precision of name: string
     | Warmup of n: int
     | Repeats of n: int
     | Json
@@ -36,6 +38,8 @@ type BenchMoeArgs =
             | Policy _ -> "second-expert policy: all (default), none, threshold or random"
             | Scope _ -> "capacity scope: image (default) or batch"
             | Threads _ -> "CPU threads (default: all cores)"
+            | Device _ -> "cpu (default), cuda or cuda:N"
+            | Precision _ -> precisionUsage
             | Warmup _ -> "untimed runs first (default 3)"
             | Repeats _ -> "timed runs; the median is reported (default 10)"
             | Json -> "print {\"moe_ms\": .., \"dense_ms\": .., \"ratio\": .., ...}"
@@ -46,6 +50,9 @@ type BenchStepArgs =
     | Batch_Size of n: int
     | Img_Size of n: int
     | Threads of n: int
+    | Device of device: string
+    | Precision of name: string
+    | Peak_Tflops of tflops: float
     | Warmup of n: int
     | Repeats of n: int
     | Json
@@ -57,6 +64,9 @@ type BenchStepArgs =
             | Batch_Size _ -> "images per step (default 8)"
             | Img_Size _ -> "input size (default: the model's)"
             | Threads _ -> "CPU threads (default: all cores)"
+            | Device _ -> "cpu (default), cuda or cuda:N"
+            | Precision _ -> precisionUsage
+            | Peak_Tflops _ -> "the device's peak in TFLOP/s for the MFU (default: the table for H100/H200/A100/V100 by the CUDA device's name or SFMOE_GPU_NAME; on a CPU its measured matmul rate)"
             | Warmup _ -> "untimed steps first (default 2)"
             | Repeats _ -> "timed steps; the median is reported (default 5)"
             | Json -> "print {\"step_ms\": .., \"forward_ms\": .., ...}"
@@ -71,6 +81,8 @@ type BenchTrainArgs =
     | Threads of n: int
     | Workers of n: int
     | Algorithm of name: string
+    | Device of device: string
+    | Precision of name: string
     | Json
     interface IArgParserTemplate with
         member a.Usage =
@@ -84,6 +96,8 @@ type BenchTrainArgs =
             | Threads _ -> "CPU threads for tensor ops (default: all cores)"
             | Workers _ -> "threads decoding and augmenting (default: half the cores)"
             | Algorithm _ -> "ERM, SFMoE (default) or GMoE"
+            | Device _ -> "cpu (default), cuda or cuda:N"
+            | Precision _ -> precisionUsage
             | Json -> "print the figures as JSON"
 
 type BenchArgs =
@@ -106,8 +120,18 @@ let private parseCapacity (s: string) =
         | true, f when f > 0.0 -> Config.Factor f
         | _ -> fail "--capacity must be dropless or a number > 0, got %s" s
 
+/// The device of a --device value (a usage error for a bad or unusable one) with the precision's flags set on it;
+/// the precision's note on stderr when it is not fp32 (e.g. that tf32 changes nothing on a CPU).
+let private devicePrecision (device: string) (precision: string) =
+    let p = corePrecisionOf precision
+    let dd = match Tensors.Dd.parse device with Ok dd -> dd | Error e -> fail "%s" e
+    let note = Tensors.Precision.configure dd.Device p
+    if p <> Tensors.Precision.Fp32 then eprintfn "%s" note
+    dd, p
+
 let benchMoe (a: ParseResults<BenchMoeArgs>) =
     a.TryGetResult BenchMoeArgs.Threads |> Option.iter (fun t -> torch.set_num_threads (positive "threads" t))
+    let dd, precision = devicePrecision (a.GetResult(BenchMoeArgs.Device, defaultValue = "cpu")) (a.GetResult(BenchMoeArgs.Precision, defaultValue = "fp32"))
     let r =
         Bench.moe
             (positive "dim" (a.GetResult(BenchMoeArgs.Dim, defaultValue = 384)))
@@ -121,10 +145,11 @@ let benchMoe (a: ParseResults<BenchMoeArgs>) =
             ((parseChoice "--scope" ConfigJson.scopes (a.GetResult(BenchMoeArgs.Scope, defaultValue = "image"))) Config.CapacityScope.defaultMinCapacity)
             (a.GetResult(BenchMoeArgs.Warmup, defaultValue = 3))
             (positive "repeats" (a.GetResult(BenchMoeArgs.Repeats, defaultValue = 10)))
+            dd precision
     if a.Contains BenchMoeArgs.Json then Console.WriteLine(json r)
     else
-        Console.WriteLine(sprintf "MoE layer: D %d, H %d, E %d, top-%d, policy %s, capacity %s per %s, %d tokens, %d threads"
-                            r.dim r.hidden r.experts r.top_k r.policy r.capacity_factor r.scope r.tokens r.threads)
+        Console.WriteLine(sprintf "MoE layer: D %d, H %d, E %d, top-%d, policy %s, capacity %s per %s, %d tokens, %s, %s, %d threads"
+                            r.dim r.hidden r.experts r.top_k r.policy r.capacity_factor r.scope r.tokens r.device r.precision r.threads)
         Console.WriteLine(sprintf "  token-expert pairs processed: %d (%.3f per token, capacity %d)" r.pairs r.pairs_per_token r.capacity)
         Console.WriteLine(sprintf "  forward+backward, median: MoE %.1f ms, dense FFN %.1f ms, ratio %.3f" r.moe_ms r.dense_ms r.ratio)
         Console.WriteLine(sprintf "  split: experts %.1f ms, router + sort + gather/scatter %.1f ms (%.1f%% of the layer)" r.experts_ms r.routing_ms (100.0 * r.routing_fraction))
@@ -132,6 +157,10 @@ let benchMoe (a: ParseResults<BenchMoeArgs>) =
 
 let benchStep (a: ParseResults<BenchStepArgs>) =
     a.TryGetResult BenchStepArgs.Threads |> Option.iter (fun t -> torch.set_num_threads (positive "threads" t))
+    let dd, precision = devicePrecision (a.GetResult(BenchStepArgs.Device, defaultValue = "cpu")) (a.GetResult(BenchStepArgs.Precision, defaultValue = "fp32"))
+    let peak =
+        a.TryGetResult BenchStepArgs.Peak_Tflops
+        |> Option.map (fun p -> if p > 0.0 && Double.IsFinite p then p else fail "--peak-tflops must be a number > 0, got %g" p)
     let model = a.TryGetResult BenchStepArgs.Model
     let file = a.TryGetResult BenchStepArgs.Model_Config
     let name = defaultArg model (defaultArg file "sfmoe_small_patch16_224")
@@ -146,15 +175,22 @@ let benchStep (a: ParseResults<BenchStepArgs>) =
     let r =
         Bench.step cfg name (positive "batch-size" (a.GetResult(BenchStepArgs.Batch_Size, defaultValue = 8)))
             (a.GetResult(BenchStepArgs.Warmup, defaultValue = 2)) (positive "repeats" (a.GetResult(BenchStepArgs.Repeats, defaultValue = 5)))
+            dd precision peak
     if a.Contains BenchStepArgs.Json then Console.WriteLine(json r)
     else
-        Console.WriteLine(sprintf "training step: %s, batch %d, %dx%d, %d threads" r.model r.batch_size r.img_size r.img_size r.threads)
+        Console.WriteLine(sprintf "training step: %s, batch %d, %dx%d, %s, %s, %d threads" r.model r.batch_size r.img_size r.img_size r.device r.precision r.threads)
         Console.WriteLine(sprintf "  step %.1f ms (forward %.1f, backward %.1f, optimizer %.1f), median" r.step_ms r.forward_ms r.backward_ms r.optimizer_ms)
-        Console.WriteLine(sprintf "  %.1f GFLOP per step (3 x 2 x %.2f GMAC/image), %.1f GFLOP/s = %.0f%% of this machine's 1024^3 matmul rate (%.1f GFLOP/s)"
-                            r.step_gflop (float r.macs_per_image / 1e9) r.achieved_gflops (100.0 * r.efficiency) r.matmul_gflops)
+        let rate (gflops: float) = if gflops >= 1000.0 then sprintf "%.1f TFLOP/s" (gflops / 1000.0) else sprintf "%.3g GFLOP/s" gflops
+        Console.WriteLine(sprintf "  %.3g GFLOP per step (3 x 2 x MACs, with %.0f token-expert pairs per step = %.2f per token per sparse block), %s"
+                            r.step_gflop r.pairs_per_step r.pairs_per_token (rate r.achieved_gflops))
+        match Option.ofNullable r.mfu, Option.ofNullable r.peak_tflops with
+        | Some mfu, Some peak -> Console.WriteLine(sprintf "  MFU %.1f%% of %s (%s)" (100.0 * mfu) (rate (peak * 1000.0)) r.peak_source)
+        | _ -> Console.WriteLine(sprintf "  MFU n/a: %s" r.peak_source)
     0
 
 let benchTrain (a: ParseResults<BenchTrainArgs>) =
+    let precision = precisionOf (a.GetResult(BenchTrainArgs.Precision, defaultValue = "fp32"))
+    devicePrecision (a.GetResult(BenchTrainArgs.Device, defaultValue = "cpu")) (a.GetResult(BenchTrainArgs.Precision, defaultValue = "fp32")) |> ignore
     let tmp = IO.Path.Combine(IO.Path.GetTempPath(), sprintf "sfmoe-bench-%d" (Diagnostics.Process.GetCurrentProcess().Id))
     try
         let ds =
@@ -172,10 +208,11 @@ let benchTrain (a: ParseResults<BenchTrainArgs>) =
                                 positive "steps" (a.GetResult(BenchTrainArgs.Steps, defaultValue = 10)),
                                 a.TryGetResult BenchTrainArgs.Threads |> Option.map (positive "threads") |> Option.toNullable,
                                 a.TryGetResult BenchTrainArgs.Workers |> Option.map (positive "workers") |> Option.toNullable,
-                                a.GetResult(BenchTrainArgs.Algorithm, defaultValue = "SFMoE"))
+                                a.GetResult(BenchTrainArgs.Algorithm, defaultValue = "SFMoE"), 2L <<< 30,
+                                a.GetResult(BenchTrainArgs.Device, defaultValue = "cpu"), precision)
         if a.Contains BenchTrainArgs.Json then Console.WriteLine(json r)
         else
-            Console.WriteLine(sprintf "training %s on %s: batch %d x %d envs, %d steps, %d threads, %d workers" r.Model r.Dataset r.BatchSize r.Environments r.Steps r.Threads r.Workers)
+            Console.WriteLine(sprintf "training %s on %s: batch %d x %d envs, %d steps, %s, %s, %d threads, %d workers" r.Model r.Dataset r.BatchSize r.Environments r.Steps r.Device r.Precision r.Threads r.Workers)
             Console.WriteLine(sprintf "  data pipeline alone: %.1f images/s" r.PipelineImagesPerSecond)
             Console.WriteLine(sprintf "  training alone:      %.1f images/s" r.TrainingImagesPerSecond)
             Console.WriteLine(sprintf "  together:            %.1f images/s (%.0f%% of training alone)" r.TogetherImagesPerSecond (100.0 * r.TogetherOverTraining))

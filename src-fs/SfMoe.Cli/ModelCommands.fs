@@ -49,6 +49,7 @@ type ForwardArgs =
     | Mode of mode: string
     | Second_Policy of policy: string
     | Seed of n: int64
+    | Precision of name: string
     interface IArgParserTemplate with
         member a.Usage =
             match a with
@@ -60,6 +61,7 @@ type ForwardArgs =
             | Mode _ -> "eval (default) or train (training capacity, dropout, gate noise)"
             | Second_Policy _ -> "override the second-expert policy: all, none, threshold or random"
             | Seed _ -> "seed of the random draws (random policy, gate noise, dropout); default 0"
+            | Precision _ -> precisionUsage + "; logits, aux_loss and gates are written in float32"
 
 let models (a: ParseResults<ModelsArgs>) =
     let ms = SfMoeModel.ListModels()
@@ -113,6 +115,8 @@ let forward (a: ParseResults<ForwardArgs>) =
         | "train" -> true
         | m -> fail "--mode must be eval or train, got %s" m
     let seed = a.GetResult(ForwardArgs.Seed, defaultValue = 0L)
+    let precision = corePrecisionOf (a.GetResult(ForwardArgs.Precision, defaultValue = "fp32"))
+    if precision <> Tensors.Precision.Fp32 then eprintfn "%s" (Tensors.Precision.configure torch.CPU precision)
     let weightsPath = a.GetResult ForwardArgs.Weights
     let inputPath = a.GetResult ForwardArgs.Input
     let outputPath = a.GetResult ForwardArgs.Output
@@ -134,7 +138,7 @@ let forward (a: ParseResults<ForwardArgs>) =
     use g = generator seed Dd.cpu
     use _ = torch.no_grad ()
     use o =
-        try model.Run(x32, returnRouting = true, rng = g)
+        try model.RunWith({ Ctx.withRng g Ctx.eval with Precision = precision }, x32, false, true)
         with :? ArgumentException as e -> fail "input %s: %s" inputPath (e.Message.Split(" (Parameter")[0])
     let routing =
         [ for b, r in o.Routing do

@@ -51,3 +51,19 @@ let choice (flag: string) (choices: (string * 'a) list) (s: string) =
 
 /// The expert policies of --experts (train and import).
 let experts = [ "copy", SfMoe.Runs.ExpertInit.Copy; "random", SfMoe.Runs.ExpertInit.Random ]
+
+/// The precisions of --precision (train, evaluate, bench, profile, forward).
+let precisions = [ "fp32", SfMoe.Precision.Fp32; "tf32", SfMoe.Precision.Tf32; "bf16", SfMoe.Precision.Bf16 ]
+
+/// A --precision value: the precision, or a usage error naming the value and the choices.
+let precisionOf (s: string) = choice "--precision" precisions s
+
+/// The core's precision of a --precision value.
+let corePrecisionOf (s: string) =
+    match precisionOf s with
+    | SfMoe.Precision.Fp32 -> SfMoe.Core.Tensors.Precision.Fp32
+    | SfMoe.Precision.Tf32 -> SfMoe.Core.Tensors.Precision.Tf32
+    | _ -> SfMoe.Core.Tensors.Precision.Bf16
+
+/// Usage text of --precision.
+let precisionUsage = "fp32 (default), tf32 (TF32 tensor cores on CUDA; changes nothing on a CPU) or bf16 (mixed precision: bfloat16 matmuls and attention, float32 weights, optimizer, norms, router and loss)"

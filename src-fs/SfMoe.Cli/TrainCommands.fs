@@ -14,6 +14,8 @@ type EvaluateArgs =
     | Data_Dir of dir: string
     | Trial_Seed of n: int
     | Workers of n: int
+    | Device of device: string
+    | Precision of name: string
     | Json
     interface IArgParserTemplate with
         member a.Usage =
@@ -23,6 +25,8 @@ type EvaluateArgs =
             | Data_Dir _ -> "folder holding the datasets"
             | Trial_Seed _ -> "seed of the in/out splits (default 0)"
             | Workers _ -> "threads decoding images (default 1)"
+            | Device _ -> "cpu (default), cuda or cuda:N"
+            | Precision _ -> precisionUsage
             | Json -> "print the accuracies as JSON"
 
 type PredictArgs =
@@ -86,6 +90,8 @@ let options (a: ParseResults<TrainArgs>) =
     o.Threads <- a.TryGetResult TrainArgs.Threads |> Option.map (positive "threads") |> Option.toNullable
     o.Workers <- a.TryGetResult TrainArgs.Workers |> Option.map (positive "workers") |> Option.toNullable
     o.Device <- a.GetResult(TrainArgs.Device, defaultValue = "cpu")
+    o.Precision <- a.TryGetResult TrainArgs.Precision |> Option.map precisionOf |> Option.toNullable
+    o.Deterministic <- a.Contains TrainArgs.Deterministic
     o.OutputDir <- a.GetResult TrainArgs.Output_Dir
     o.Resume <- a.Contains TrainArgs.Resume
     o.EvalCacheBytes <- int64 (a.GetResult(TrainArgs.Eval_Cache_Mb, defaultValue = 2048)) * 1024L * 1024L
@@ -132,7 +138,9 @@ let train (a: ParseResults<TrainArgs>) =
     0
 
 let evaluate (a: ParseResults<EvaluateArgs>) =
-    use model = TrainedModel.Load(a.GetResult EvaluateArgs.Checkpoint)
+    let precision = precisionOf (a.GetResult(EvaluateArgs.Precision, defaultValue = "fp32"))
+    use model = TrainedModel.Load(a.GetResult EvaluateArgs.Checkpoint, a.GetResult(EvaluateArgs.Device, defaultValue = "cpu"), precision)
+    if precision <> SfMoe.Precision.Fp32 then eprintfn "%s" model.PrecisionNote
     let name =
         match a.TryGetResult EvaluateArgs.Dataset, model.Header.Dataset with
         | Some d, _ -> d

@@ -35,6 +35,8 @@ type TrainArgs =
     | Threads of n: int
     | Workers of n: int
     | Device of device: string
+    | Precision of name: string
+    | Deterministic
     | [<Mandatory>] Output_Dir of dir: string
     | Resume
     | Eval_Cache_Mb of mb: int
@@ -67,6 +69,8 @@ type TrainArgs =
             | Threads _ -> "CPU threads for tensor ops (default: all cores)"
             | Workers _ -> "threads decoding and augmenting images (default: half the cores)"
             | Device _ -> "cpu (default), cuda or cuda:N"
+            | Precision _ -> precisionUsage + "; on --resume, default: the run's"
+            | Deterministic -> "libtorch's deterministic algorithms (on CUDA: no atomics in index_add/scatter_add or the gathers' backward; slower); on a CPU no result changes"
             | Output_Dir _ -> "run folder: results.jsonl, model.safetensors, train_state.safetensors, log.txt, done"
             | Resume -> "continue the run in --output-dir from its last checkpoint"
             | Eval_Cache_Mb _ -> "memory budget for evaluation images kept decoded and resized (default 2048)"
@@ -142,6 +146,8 @@ let flags : Flag list =
       d.Flag(<@ Threads @>, <@ fun o -> o.Threads @>, Launch TensorThreads)
       d.Flag(<@ Workers @>, <@ fun o -> o.Workers @>, Launch DataWorkers)
       d.Flag(<@ Device @>, <@ fun o -> o.Device @>, Extra)
+      d.Flag(<@ Precision @>, <@ fun o -> o.Precision @>, Extra)
+      d.Switch(Deterministic, <@ fun o -> o.Deterministic @>, Extra)
       d.Flag(<@ Output_Dir @>, <@ fun o -> o.OutputDir @>, Launch RunFolder)
       d.Switch(Resume, <@ fun o -> o.Resume @>, Launch ResumeRun)
       d.Flag(<@ Eval_Cache_Mb @>, <@ fun o -> o.EvalCacheBytes @>, Extra)

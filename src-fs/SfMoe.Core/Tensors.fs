@@ -33,6 +33,12 @@ module Dd =
         | Ok dd -> dd
         | Error e -> raise (SfMoe.ConfigException e)
 
+/// Waits until `device` has run everything queued on it. CUDA runs kernels asynchronously, so a clock read without
+/// this times the launches, not the work; benchmarks call it before every clock read (the training step never does).
+/// Nothing on the CPU, whose ops have finished when they return.
+let synchronize (device: torch.Device) =
+    if device.``type`` = DeviceType.CUDA then torch.cuda.synchronize device
+
 /// True for tensors on the CPU, whose values the host reads without synchronising anything.
 let isCpu (t: Tensor) = t.device_type = DeviceType.CPU
 

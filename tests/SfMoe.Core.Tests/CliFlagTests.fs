@@ -149,6 +149,7 @@ let tests =
                             elif t = typeof<Algorithm> then [ "ERM" ]
                             elif t = typeof<Optimizer> then [ "adamw" ]
                             elif t = typeof<Nullable<ExpertInit>> then [ "copy" ]
+                            elif t = typeof<Nullable<Precision>> then [ "bf16" ]
                             elif f.Member.Name = "ModelConfigJson" then [ config ]
                             else [ "x" ]
                     let after = snapshot (options (baseArgs @ (f.Name :: value)))
@@ -222,6 +223,17 @@ let tests =
             Expect.equal (ApiFlags.forUser "ImportOptions.ModelConfigJson, AttentionReportOptions.Checkpoints, DatasetAnalysisOptions.Dataset")
                 "--model-config, --checkpoint, --dataset" "import and analysis options"
             Expect.equal (ApiFlags.forUser "Foo.Bar and model.safetensors stay") "Foo.Bar and model.safetensors stay" "unknown words stay"
+        }
+
+        test "--precision and --deterministic reach TrainOptions; an unknown precision is an error naming it" {
+            let options (words: string list) = TrainCommands.options (parser.ParseCommandLine(Array.ofList ([ launchFlag flags RunFolder; "x" ] @ words)))
+            Expect.equal (options []).Precision (Nullable()) "unset: fp32 for a new run, the run's own on resume"
+            for name, p in [ "fp32", Precision.Fp32; "tf32", Precision.Tf32; "bf16", Precision.Bf16; "BF16", Precision.Bf16 ] do
+                Expect.equal (options [ "--precision"; name ]).Precision (Nullable p) name
+            Expect.equal (usageError (fun () -> options [ "--precision"; "fp16" ])) "--precision must be fp32, tf32 or bf16, got fp16" "bad value"
+            Expect.isFalse (options []).Deterministic "off by default"
+            Expect.isTrue (options [ "--deterministic" ]).Deterministic "--deterministic"
+            Expect.equal (ApiFlags.forUser "leave TrainOptions.Precision unset; TrainOptions.Deterministic") "leave --precision unset; --deterministic" "messages"
         }
 
         test "a resume into an empty folder names --resume" {

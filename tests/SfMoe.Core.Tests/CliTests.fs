@@ -91,6 +91,15 @@ let tests =
                 m.eval () |> ignore
                 use expected = m.forward x
                 expectClose 1e-6 "logits" o["logits"] expected
+                // --precision bf16: float32 logits within bf16 tolerance of fp32's
+                let out16 = Path.Combine(dir, "out16.safetensors")
+                let r16 = sfmoe [ "forward"; "--model"; "sfmoe_test_patch8_32"; "--weights"; weights; "--input"; input; "--output"; out16; "--second-policy"; "all"; "--precision"; "bf16" ]
+                Expect.equal r16.Code 0 r16.Err
+                Expect.stringContains r16.Err "precision bf16" "says what bf16 means"
+                use o16 = readSafeTensors out16
+                Expect.equal o16["logits"].dtype torch.ScalarType.Float32 "float32 logits"
+                Expect.isFalse (tensorsEqual o16["logits"] expected) "computed in bfloat16"
+                Expect.isLessThan (relErr o16["logits"] expected) 0.05 "within bf16 tolerance"
                 Expect.sequenceEqual (o.Tensors |> List.map fst |> List.filter (fun n -> n.StartsWith "routing.1.")) [ "routing.1.index_1"; "routing.1.kept_1"; "routing.1.gate_1"; "routing.1.index_2"; "routing.1.kept_2"; "routing.1.gate_2" ] "routing keys"
                 Expect.sequenceEqual o["routing.3.index_1"].shape [| 2L; 18L |] "(B, N)"
                 // strict loading: a missing key is named
@@ -131,6 +140,45 @@ let tests =
                 Expect.isTrue (IO.File.Exists(IO.Path.Combine(dir, "run", "done"))) "done"
             finally
                 IO.Directory.Delete(dir, true)
+        }
+
+        test "--precision: an unknown value is a one-line error naming it, before anything runs" {
+            let msg v = sprintf "--precision must be fp32, tf32 or bf16, got %s" v
+            expectUsageError (sfmoe [ "train"; "--output-dir"; Path.Combine(Path.GetTempPath(), "sfmoe-never"); "--precision"; "fp16" ]) (msg "fp16")
+            Expect.isFalse (Directory.Exists(Path.Combine(Path.GetTempPath(), "sfmoe-never"))) "no run folder made"
+            expectUsageError (sfmoe [ "evaluate"; "--checkpoint"; "missing.safetensors"; "--precision"; "half" ]) (msg "half")
+            expectUsageError (sfmoe [ "bench"; "step"; "--precision"; "fp8" ]) (msg "fp8")
+            expectUsageError (sfmoe [ "bench"; "moe"; "--precision"; "int8" ]) (msg "int8")
+            expectUsageError (sfmoe [ "bench"; "train"; "--precision"; "x" ]) (msg "x")
+            expectUsageError (sfmoe [ "profile"; "--no-timing"; "--precision"; "y" ]) (msg "y")
+            expectUsageError (sfmoe [ "forward"; "--model"; "sfmoe_test_patch8_32"; "--weights"; "w"; "--input"; "i"; "--output"; "o"; "--precision"; "z" ]) (msg "z")
+            expectUsageError (sfmoe [ "bench"; "step"; "--peak-tflops"; "0" ]) "--peak-tflops must be a number > 0, got 0"
+        }
+
+        test "bench moe --precision tf32 says plainly that it changes nothing on the CPU" {
+            let r = sfmoe [ "bench"; "moe"; "--dim"; "32"; "--hidden"; "64"; "--tokens"; "396"; "--repeats"; "1"; "--warmup"; "0"; "--precision"; "tf32"; "--json" ]
+            Expect.equal r.Code 0 r.Err
+            Expect.stringContains r.Err "precision tf32 changes nothing on cpu" "the note"
+            use doc = Text.Json.JsonDocument.Parse r.Out
+            Expect.equal (doc.RootElement.GetProperty("precision").GetString()) "tf32" "recorded"
+            Expect.equal (doc.RootElement.GetProperty("device").GetString()) "cpu" "device"
+        }
+
+        test "bench step reports FLOPs from the pairs processed and an MFU against the CPU's matmul rate" {
+            let r = sfmoe [ "bench"; "step"; "--model"; "sfmoe_test_patch8_32"; "--batch-size"; "4"; "--warmup"; "1"; "--repeats"; "2"; "--precision"; "bf16"; "--json" ]
+            Expect.equal r.Code 0 r.Err
+            use doc = Text.Json.JsonDocument.Parse r.Out
+            let root = doc.RootElement
+            let g (k: string) = root.GetProperty(k).GetDouble()
+            Expect.equal (root.GetProperty("precision").GetString()) "bf16" "precision"
+            let perToken = g "pairs_per_token"
+            Expect.isTrue (perToken > 0.5 && perToken <= 2.0) (sprintf "pairs per token per sparse block %g within (0.5, top-k = 2]" perToken)
+            let cfg = Registry.tryCreate "sfmoe_test_patch8_32" |> Result.defaultWith failwith
+            let expected = SfMoe.Cli.Bench.Flops.step cfg 4 (g "pairs_per_step") / 1e9
+            Expect.floatClose Accuracy.medium (g "step_gflop") expected "FLOPs from the pairs"
+            Expect.floatClose Accuracy.medium (g "achieved_gflops") (g "step_gflop" / (g "step_ms" / 1000.0)) "achieved rate"
+            Expect.stringContains (root.GetProperty("peak_source").GetString()) "measured float32" "CPU peak source"
+            Expect.floatClose Accuracy.medium (g "mfu") (g "achieved_gflops" / (g "peak_tflops" * 1000.0)) "MFU = achieved / peak"
         }
 
         test "bench moe --json prints the timings and their ratio" {

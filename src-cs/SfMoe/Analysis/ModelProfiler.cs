@@ -17,12 +17,14 @@ public sealed record ProfilePart(string Name, string Kind, long Parameters, long
 /// <summary>Timings and peak memory of one model (absent when not measured).</summary>
 /// <param name="BatchSize">Images per batch.</param>
 /// <param name="Threads">CPU threads.</param>
+/// <param name="Device">The device the model ran on ("cpu", "cuda", ...).</param>
+/// <param name="Precision">The precision it computed in ("fp32", "tf32", "bf16").</param>
 /// <param name="ForwardMs">Median forward pass in eval mode without gradients, per batch.</param>
 /// <param name="TrainStepMs">Median training step (forward, backward, Adam), per batch.</param>
 /// <param name="PeakMemoryGb">Peak resident memory of the process while the model alone was built and ran a training step
 /// and a forward pass (GiB; on Linux the peak mark is reset before each model, so the two figures are comparable).</param>
 /// <param name="BaselineMemoryGb">Resident memory before the model was built (GiB).</param>
-public sealed record ProfileTimings(int BatchSize, int Threads, double ForwardMs, double TrainStepMs, double PeakMemoryGb, double BaselineMemoryGb);
+public sealed record ProfileTimings(int BatchSize, int Threads, string Device, string Precision, double ForwardMs, double TrainStepMs, double PeakMemoryGb, double BaselineMemoryGb);
 
 /// <summary>The profile of one model.</summary>
 public sealed record ModelProfile(string Name, string Pattern, int ImageSize, IReadOnlyList<ProfilePart> Parts, ProfileTimings? Timings)
@@ -78,11 +80,14 @@ public static class ModelProfiler
     /// <summary>
     /// Profiles a registry model (or a JSON config) and its dense twin: the closed-form table and, with
     /// <paramref name="repeats"/> &gt; 0, measured forward and training-step times (medians after <paramref name="warmup"/>
-    /// untimed runs, the two models interleaved so both see the same machine load) and the peak memory of each alone.
+    /// untimed runs, the two models interleaved so both see the same machine load; the device synchronised before
+    /// every clock read) and the peak memory of each alone, on <paramref name="device"/> in <paramref name="precision"/>.
     /// </summary>
     public static ProfileComparison Profile(string? model = null, string? configJson = null, string? pattern = null,
-        int? imageSize = null, int batchSize = 8, int warmup = 2, int repeats = 5, string device = "cpu")
+        int? imageSize = null, int batchSize = 8, int warmup = 2, int repeats = 5, string device = "cpu",
+        Precision precision = Precision.Fp32)
     {
+        var corePrecision = Precisions.ToCore(precision);
         if (batchSize < 1) throw new ConfigException($"batch size must be >= 1, got {batchSize}");
         var c = ConfigOf(model, configJson, pattern, imageSize, null);
         var twin = DenseTwin(c);
@@ -90,7 +95,8 @@ public static class ModelProfiler
         if (repeats < 1) return new ProfileComparison(Make(name, c, null), Make(name + " (dense twin)", twin, null));
         var dd = Tensors.DdModule.parse(device);
         if (dd.IsError) throw new ConfigException(dd.ErrorValue);
-        var (tm, tt) = Measure(c, twin, dd.ResultValue, batchSize, warmup, repeats);
+        Tensors.PrecisionModule.configure(dd.ResultValue.Device, corePrecision);
+        var (tm, tt) = Measure(c, twin, dd.ResultValue, corePrecision, batchSize, warmup, repeats);
         return new ProfileComparison(Make(name, c, tm), Make(name + " (dense twin)", twin, tt));
     }
 
@@ -101,11 +107,14 @@ public static class ModelProfiler
         readonly Train.Learner _learner;
         readonly Tensor _x, _y;
         readonly Microsoft.FSharp.Collections.FSharpList<Tensor> _xs, _ys;
+        readonly Tensors.Precision _precision;
 
-        public Bench(Config.VitConfig c, Tensors.Dd dd, int batch)
+        public Bench(Config.VitConfig c, Tensors.Dd dd, Tensors.Precision precision, int batch)
         {
+            _precision = precision;
             Model = new Vit.SfMoeVit(c, dd, 0L);
-            _learner = new Train.Learner(Networks.Network.NewVitNet(Model), Train.AlgorithmKind.SfMoeAlg, Optim.Kind.AdamL2, 1e-5, 0.0, 0L, dd);
+            _learner = new Train.Learner(Networks.Network.NewVitNet(Model), Train.AlgorithmKind.SfMoeAlg, Optim.Kind.AdamL2, 1e-5, 0.0, 0L, dd,
+                                         precision, false);
             using var gen = new Generator(0); // drawn on the CPU, then moved
             _x = torch.randn(new long[] { batch, c.InChans, c.ImgSize, c.ImgSize }, generator: gen).to(dd.Device);
             _y = torch.randint(c.NumClasses, new long[] { batch }, generator: gen).to(dd.Device);
@@ -121,7 +130,8 @@ public static class ModelProfiler
             using var _ = no_grad();
             bool was = Model.training;
             Model.eval();
-            using (var o = Model.Run(_x)) { }
+            var ctx = new Tensors.Ctx(false, Microsoft.FSharp.Core.FSharpOption<Tensors.Rng>.None, _precision, false);
+            using (var o = Model.RunWith(ctx, _x, false, false)) { }
             if (was) Model.train();
         }
 
@@ -132,7 +142,7 @@ public static class ModelProfiler
     /// Peak memory of each model alone (built, one training step, one forward; the peak mark reset before each), then
     /// the timings with both models alive, interleaved step by step so both see the same machine load.
     /// </summary>
-    static (ProfileTimings, ProfileTimings) Measure(Config.VitConfig a, Config.VitConfig b, Tensors.Dd dd, int batch, int warmup, int repeats)
+    static (ProfileTimings, ProfileTimings) Measure(Config.VitConfig a, Config.VitConfig b, Tensors.Dd dd, Tensors.Precision precision, int batch, int warmup, int repeats)
     {
         (double Peak, double Baseline) Mem(Config.VitConfig c)
         {
@@ -141,19 +151,20 @@ public static class ModelProfiler
             Memory.Trim();
             double baseline = Memory.CurrentRssGb();
             Memory.ResetPeak();
-            using (var m = new Bench(c, dd, batch)) { m.Step(); m.Forward(); }
+            using (var m = new Bench(c, dd, precision, batch)) { m.Step(); m.Forward(); }
             return (Memory.PeakRssGb(), baseline);
         }
         Mem(b);   // first use: libtorch's one-time allocations (thread pools, kernels) would land on the first model
         var ma = Mem(a);
         var mb = Mem(b);
-        using var ba = new Bench(a, dd, batch);
-        using var bb = new Bench(b, dd, batch);
+        using var ba = new Bench(a, dd, precision, batch);
+        using var bb = new Bench(b, dd, precision, batch);
         double Time(Action f)
         {
+            Tensors.synchronize(dd.Device);
             var sw = Stopwatch.StartNew();
             f();
-            if (dd.Device.type == DeviceType.CUDA) torch.cuda.synchronize();
+            Tensors.synchronize(dd.Device);
             return sw.Elapsed.TotalMilliseconds;
         }
         for (int i = 0; i < warmup; i++) { ba.Step(); bb.Step(); ba.Forward(); bb.Forward(); }
@@ -170,8 +181,9 @@ public static class ModelProfiler
             return v.Count % 2 == 1 ? v[v.Count / 2] : (v[v.Count / 2 - 1] + v[v.Count / 2]) / 2;
         }
         int threads = torch.get_num_threads();
-        return (new ProfileTimings(batch, threads, Median(ts[2]), Median(ts[0]), ma.Peak, ma.Baseline),
-                new ProfileTimings(batch, threads, Median(ts[3]), Median(ts[1]), mb.Peak, mb.Baseline));
+        string dev = dd.Device.ToString(), prec = Tensors.PrecisionModule.name(precision);
+        return (new ProfileTimings(batch, threads, dev, prec, Median(ts[2]), Median(ts[0]), ma.Peak, ma.Baseline),
+                new ProfileTimings(batch, threads, dev, prec, Median(ts[3]), Median(ts[1]), mb.Peak, mb.Baseline));
     }
 
     /// <summary>Process memory on Linux (/proc/self); other systems report the .NET process counters.</summary>

@@ -13,12 +13,13 @@ namespace SfMoe.Runs;
 internal static class ResultsLog
 {
     /// <summary>DomainBed's args object of a run.</summary>
-    public static JsonObject Args(TrainOptions o, string outDir, string alg, string dataset, int steps, int freq) => new()
+    public static JsonObject Args(TrainOptions o, string outDir, string alg, string dataset, int steps, int freq, Precision precision) => new()
     {
         ["algorithm"] = alg,
         ["checkpoint_freq"] = freq,
         ["data_dir"] = o.DataDir is null ? null : Path.GetFullPath(o.DataDir),
         ["dataset"] = dataset,
+        ["deterministic"] = o.Deterministic,
         ["device"] = o.Device,
         ["holdout_fraction"] = o.HoldoutFraction,
         ["hparams"] = null,
@@ -27,6 +28,7 @@ internal static class ResultsLog
         ["optimizer"] = OptimizerName(o.Optimizer),
         ["output_dir"] = outDir,
         ["pattern"] = o.Pattern,
+        ["precision"] = Precisions.Name(precision),
         ["save_model_every_checkpoint"] = false,
         ["seed"] = o.Seed,
         ["skip_model_save"] = false,
@@ -54,11 +56,28 @@ internal static class ResultsLog
         return flat;
     }
 
-    /// <summary>What differs between the settings of a run and those it was saved with (output_dir aside).</summary>
-    public static List<string> Changes(JsonObject now, JsonObject saved) =>
-        now.Where(kv => kv.Key != "output_dir" && !JsonNode.DeepEquals(kv.Value, saved[kv.Key]))
-           .Select(kv => $"{kv.Key} was {saved[kv.Key]?.ToJsonString() ?? "null"}, now {kv.Value?.ToJsonString() ?? "null"}")
-           .ToList();
+    /// <summary>Settings a resume may change: where the run lives, and whether CUDA kernels are deterministic (how the
+    /// same computation is carried out, not what it is).</summary>
+    static readonly HashSet<string> Changeable = ["output_dir", "deterministic"];
+
+    /// <summary>The values of args keys added after runs were first saved, for states saved without them.</summary>
+    static readonly Dictionary<string, JsonNode> AddedLater = new() { ["precision"] = "fp32" };
+
+    /// <summary>What differs between the settings of a run and those it was saved with (output_dir and deterministic
+    /// aside).</summary>
+    public static List<string> Changes(JsonObject now, JsonObject saved)
+    {
+        JsonNode? Saved(string k) => saved.ContainsKey(k) ? saved[k] : AddedLater.GetValueOrDefault(k);
+        return now.Where(kv => !Changeable.Contains(kv.Key) && !JsonNode.DeepEquals(kv.Value, Saved(kv.Key)))
+                  .Select(kv => $"{kv.Key} was {Saved(kv.Key)?.ToJsonString() ?? "null"}, now {kv.Value?.ToJsonString() ?? "null"}")
+                  .ToList();
+    }
+
+    /// <summary>The precision a saved run was trained in (fp32 for runs saved before precisions existed), or null
+    /// when the settings name none that is known.</summary>
+    public static Precision? SavedPrecision(JsonObject saved) =>
+        saved.ContainsKey("precision") ? Precisions.TryParse(saved["precision"]?.GetValueKind() == System.Text.Json.JsonValueKind.String ? saved["precision"]!.GetValue<string>() : null)
+                                       : Precision.Fp32;
 
     /// <summary>One results.jsonl line (sorted keys), plus routing statistics.</summary>
     public static string Line(EvalResult ev, JsonObject args, JsonNode hparams, Train.Learner learner, bool timings)

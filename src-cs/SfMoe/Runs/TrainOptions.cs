@@ -76,6 +76,13 @@ public sealed class TrainOptions
     public int? Workers { get; set; }
     /// <summary>cpu, cuda or cuda:N.</summary>
     public string Device { get; set; } = "cpu";
+    /// <summary>Numeric precision (recorded in results.jsonl's args). Null: <see cref="SfMoe.Precision.Fp32"/> for a new
+    /// run, the run's own precision on <see cref="Resume"/> (a resume with another precision is refused).</summary>
+    public Precision? Precision { get; set; }
+    /// <summary>libtorch's deterministic algorithms for the run (process-wide while it runs; on CUDA deterministic
+    /// kernels instead of atomics, slower; see README "GPUs"). The kernels SfMoe uses on a CPU are deterministic already:
+    /// there no result changes. Recorded in results.jsonl's args; a resume may change it.</summary>
+    public bool Deterministic { get; set; }
     /// <summary>Run folder: results.jsonl, model.safetensors, train_state.safetensors, log.txt, done.</summary>
     public string OutputDir { get; set; } = "runs/train";
     /// <summary>Continue the run in <see cref="OutputDir"/> from its last checkpoint.</summary>

@@ -30,6 +30,25 @@ internal static class TrainState
         TensorFiles.WriteSafeTensors(path, meta, tensors);
     }
 
+    /// <summary>The settings a state was saved with (its args metadata), from the file's header alone; null when the
+    /// file cannot be read as a state (<see cref="Load"/> then says why).</summary>
+    public static JsonObject? PeekSettings(string path)
+    {
+        try
+        {
+            using var f = File.OpenRead(path);
+            var len = new byte[8];
+            f.ReadExactly(len);
+            ulong n = BitConverter.ToUInt64(len);
+            if (n > (ulong)Math.Min(f.Length - 8, 1L << 30)) return null;
+            var header = new byte[n];
+            f.ReadExactly(header);
+            var args = (JsonNode.Parse(header) as JsonObject)?["__metadata__"]?["args"];
+            return args?.GetValueKind() == JsonValueKind.String ? JsonNode.Parse(args.GetValue<string>()) as JsonObject : null;
+        }
+        catch (Exception e) when (e is IOException or JsonException or UnauthorizedAccessException or InvalidOperationException) { return null; }
+    }
+
     public static (int NextStep, List<string> Lines, JsonObject Args) Load(string path, Train.Learner learner)
     {
         SafeTensors.Contents c;

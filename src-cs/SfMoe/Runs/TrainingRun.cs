@@ -32,12 +32,14 @@ internal sealed class TrainingRun : IDisposable
     readonly JsonNode _hparams;
     readonly ModelHeader _header;
     readonly List<string> _lines;
+    readonly Determinism? _determinism;
 
     TrainingRun(TrainOptions o, RunFolder folder, RunLog log, Device device, IReadOnlyList<string> envNames, Networks.Network net,
                 Train.Learner learner, SafeLoader loader, IPreprocessor pre, List<(IDomainEnvironment, int[])> trainEnvs,
                 List<EvalSplit> evalSplits, double stepsPerEpoch, int batch, int steps, int freq, int workers, int start,
-                bool keepEvalImages, JsonObject args, JsonNode hparams, ModelHeader header, List<string> lines)
+                bool keepEvalImages, JsonObject args, JsonNode hparams, ModelHeader header, List<string> lines, Determinism? determinism)
     {
+        _determinism = determinism;
         _o = o; _folder = folder; _log = log; _device = device; _envNames = envNames; _net = net; _learner = learner;
         _loader = loader; _pre = pre; _trainEnvs = trainEnvs; _evalSplits = evalSplits; _stepsPerEpoch = stepsPerEpoch;
         _batch = batch; _steps = steps; _freq = freq; _workers = workers; _start = start; _keepEvalImages = keepEvalImages;
@@ -68,8 +70,14 @@ internal sealed class TrainingRun : IDisposable
         if (freq < 1) throw new ConfigException($"TrainOptions.CheckpointFreq must be >= 1, got {freq}");
 
         // The network: the dataset sets the class count and input channels.
+        // Precision: the option's, else (resuming) the run's own, else fp32. The resume check below refuses another.
+        var saved0 = o.Resume ? TrainState.PeekSettings(folder.State) : null;
+        var precision = o.Precision ?? (saved0 is null ? null : ResultsLog.SavedPrecision(saved0)) ?? Precision.Fp32;
+        var coreDeterministic = o.Deterministic && device.type == DeviceType.CUDA;
+
         var arch = ResolveModel(o, algorithm, spec, log);
         var net = Networks.build(arch, Tensors.DdModule.ofString(o.Device), o.Seed, Convert.ToDouble(hparams["resnet_dropout"]));
+        Determinism? determinism = null;
         try
         {
             var (mean, std) = LoadPretrained(o, net, log);
@@ -82,7 +90,14 @@ internal sealed class TrainingRun : IDisposable
             };
             var dd = Tensors.DdModule.ofString(o.Device);
             var learner = new Train.Learner(net, algorithm, optKind, Convert.ToDouble(hparams["lr"]),
-                                            Convert.ToDouble(hparams["weight_decay"]), SeedMix.Of(o.Seed, 0x5eed), dd);
+                                            Convert.ToDouble(hparams["weight_decay"]), SeedMix.Of(o.Seed, 0x5eed), dd,
+                                            Precisions.ToCore(precision), coreDeterministic);
+            if (precision != Precision.Fp32 || device.type != DeviceType.CPU) log.Info(learner.PrecisionNote);
+            if (o.Deterministic)
+            {
+                (determinism, var detNote) = Determinism.Begin(device);
+                log.Info(detNote);
+            }
 
             // Splits (DomainBed: seed_hash(trial_seed, env_i), 20% out).
             var loader = new SafeLoader(log, o.TrainCacheBytes);
@@ -105,7 +120,7 @@ internal sealed class TrainingRun : IDisposable
             if (o.Threads is null)
                 torch.set_num_threads(ThreadPlan.Threads(Summary.macsPerImage(arch), Environment.ProcessorCount, workers));
 
-            var args = ResultsLog.Args(o, folder.Directory, algName, spec.Name, steps, freq);
+            var args = ResultsLog.Args(o, folder.Directory, algName, spec.Name, steps, freq, precision);
             var hparamsJson = JsonSerializer.SerializeToNode(hparams)!;
             var header = new ModelHeader(Config.ArchitectureModule.backbone(arch), ModelSpec.vitJson(arch)?.Value, spec.Classes.Count,
                                          spec.Channels, Config.ArchitectureModule.imgSize(arch), spec.Classes, spec.Name, 0, algName,
@@ -120,7 +135,9 @@ internal sealed class TrainingRun : IDisposable
                 (start, lines, saved) = TrainState.Load(folder.State, learner);
                 var changed = ResultsLog.Changes(ResultsLog.Settings(args, hparamsJson), ResultsLog.Settings(saved));
                 if (changed.Count > 0)
-                    throw new RunException($"cannot resume {folder.Directory} with other settings: {string.Join("; ", changed)}");
+                    throw new RunException($"cannot resume {folder.Directory} with other settings: {string.Join("; ", changed)}"
+                                           + (changed.Any(c => c.StartsWith("precision ", StringComparison.Ordinal))
+                                               ? " (leave TrainOptions.Precision unset to continue in the run's precision)" : ""));
                 log.Info($"resuming {folder.Directory} at step {start}");
             }
             ResultsLog.Rewrite(folder.Results, lines);
@@ -135,10 +152,11 @@ internal sealed class TrainingRun : IDisposable
             if (!keep) log.Info($"evaluation images need {cacheBytes / 1e9:F2} GB, over the cache budget ({o.EvalCacheBytes / 1e9:F2} GB): decoding them at every evaluation");
 
             return new TrainingRun(o, folder, log, device, envNames, net, learner, loader, pre, trainEnvs, evalSplits, stepsPerEpoch,
-                                   batch, steps, freq, workers, start, keep, args, hparamsJson, header, lines);
+                                   batch, steps, freq, workers, start, keep, args, hparamsJson, header, lines, determinism);
         }
         catch
         {
+            determinism?.Dispose();
             net.Module.Dispose();
             throw;
         }
@@ -209,7 +227,11 @@ internal sealed class TrainingRun : IDisposable
         ResultsLog.Append(_folder.Results, line);
     }
 
-    public void Dispose() => ((IDisposable)_learner).Dispose();
+    public void Dispose()
+    {
+        ((IDisposable)_learner).Dispose();
+        _determinism?.Dispose();
+    }
 
     static Train.AlgorithmKind AlgorithmKind(Algorithm a) => a switch
     {
