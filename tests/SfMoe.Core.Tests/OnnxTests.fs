@@ -406,6 +406,16 @@ let tests =
                     Expect.stringContains msg (sprintf "opset %d" opset) "names the opset"
                     Expect.stringContains msg "17 to 21" "names the range"
                 }
+            test "a grouped or dilated convolution is refused, naming the block and the setting" {
+                for groups, dilation, setting in [ 2L, 1L, "groups 2 and dilation 1x1"; 1L, 2L, "groups 1 and dilation 2x2" ] do
+                    use conv = torch.nn.Conv2d(4L, 4L, 3L, dilation = dilation, groups = groups)
+                    let g = Graph.Graph(17)
+                    let x = g.Input("x", Proto.DataType.float32, [ Proto.Known 1L; Proto.Known 4L; Proto.Known 8L; Proto.Known 8L ])
+                    let msg = throwsMessage<CheckpointException> (fun () -> Layers.conv g "patch_embed.backbone.stem.conv" conv x |> ignore)
+                    Expect.stringStarts msg "patch_embed.backbone.stem.conv: " "names the block"
+                    Expect.stringContains msg setting "names the setting"
+                    Expect.stringContains msg "no ONNX export" "says why"
+            }
             test "a batch size of 0 is refused" {
                 let net = Networks.build a Dd.cpu 1L 0.0
                 use _ = net.Module

@@ -53,7 +53,7 @@ let private capacity (g: Graph) (m: MoeConfig) (n: Size) : Size =
                 let upper = g.Node("Min", [ nt; whole ])
                 Runtime(g.Max(upper, g.Int(int64 minCapacity), "capacity")))
 
-/// The layer on z (B, N, D) -> (B, N, D) for a batch of `batch` images of N tokens; `policy` replaces the configured
+/// The layer on tokens z (B*N, D) -> (B*N, D) for a batch of `batch` images of N tokens; `policy` replaces the configured
 /// second-expert policy (deterministic serving of the random one). `key` is the state-dict prefix (blocks.i.mlp).
 let forward (g: Graph) (c: VitConfig) (policy: SecondPolicy) (p: Moe.Params) (key: string) (batch: Size) (wantRouting: bool) (z: string) : string * Routing option =
     let m = c.Moe
@@ -62,7 +62,7 @@ let forward (g: Graph) (c: VitConfig) (policy: SecondPolicy) (p: Moe.Params) (ke
     let e = int64 m.NumExperts
     let k = int64 m.TopK
     let s = g.MulSize(batch, Fixed n)
-    let zf = g.ReshapeTo(z, [ -1L; d ], "tokens") // (S, D)
+    let zf = z // (S, D)
     let probs = g.Softmax(logits g (key + ".gate") p.Gate zf, -1, "probs") // (S, E)
     let values, index = g.TopK(probs, g.Ints [ k ], "choices") // (S, k)
     let gates =
@@ -195,7 +195,7 @@ let forward (g: Graph) (c: VitConfig) (policy: SecondPolicy) (p: Moe.Params) (ke
               let y = g.Gather(ys, g.ReshapeTo(dest, [ -1L ]), 0) // (S, D)
               g.Mul(y, gate j, sprintf "weighted%d" (j + 1L)) ]
     let y = List.reduce (fun a b -> g.Add(a, b, "combined")) weighted
-    let out = g.ReshapeTo(y, [ -1L; n; d ], "moe_out") // (B, N, D)
+    let out = y // (S, D)
     let routing =
         if not wantRouting then None
         else
