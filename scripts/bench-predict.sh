@@ -26,9 +26,17 @@ for r in $(seq 1 "$rounds"); do
     >"$work/round$r.json"
   echo "round $r (load average $(cut -d' ' -f1-3 /proc/loadavg) after it):"
   # One line per batch size: images/s of each side and their ratio.
-  tr -d '\n ' <"$work/round$r.json" | sed 's/},{/}\n{/g; s/^\[//; s/\]$//' | while IFS= read -r row; do
+  { tr -d '\n ' <"$work/round$r.json" | sed 's/},{/}\n{/g; s/^\[//; s/\]$//'; echo; } | while IFS= read -r row; do
+    [ -n "$row" ] || continue
     get() { printf '%s' "$row" | sed -E "s/.*\"$1\":([^,}]*).*/\1/"; }
     printf '  batch %3s: onnx %8.1f img/s, torchsharp %8.1f img/s, onnx/torchsharp %5.2fx (max rel diff of the logits %s)\n' \
       "$(get batch)" "$(get onnx_images_per_s)" "$(get torchsharp_images_per_s)" "$(get ratio)" "$(get max_rel_diff)"
   done
 done
+# The ratio of each batch size over the rounds: every value (in increasing order) and the median.
+echo "onnx/torchsharp over $rounds rounds:"
+cat "$work"/round*.json | tr -d '\n ' | sed 's/},{/}\n{/g; s/\]\[/\n/g; s/^\[//; s/\]$//' \
+  | sed -E 's/.*"batch":([0-9]+).*"ratio":([^,}]*).*/\1 \2/' | sort -n -k1,1 -k2,2g \
+  | awk '{ r[$1] = r[$1] " " sprintf("%.2f", $2); v[$1, ++n[$1]] = $2 }
+         END { for (b in n) { m = n[b] % 2 ? v[b, (n[b] + 1) / 2] : (v[b, n[b] / 2] + v[b, n[b] / 2 + 1]) / 2
+                              printf "  batch %3s: %s  (median %.2fx)\n", b, r[b], m } }' | sort -n -k2,2
