@@ -241,6 +241,24 @@ let tests =
             parityCaseWith true "GMoE cosine top-1, batch capacity factor 0.5" a dyn (standardInputs a [ 3 ])
             let a = vit gmoe (withMoe (fun m -> { m with TopK = 2; SecondPolicy = SecondThreshold 0.3; CapacityEval = Factor 1.0 }))
             parityCaseWith true "GMoE cosine top-2 threshold, batch capacity (dynamic batch)" a dyn (standardInputs a [ 2; 5 ])
+            test "experts that get no token (one blank image) run on empty slices" {
+                for name in [ gmoe; sfmoe ] do
+                    let a = vit name (withMoe (fun m -> { m with SecondPolicy = SecondThreshold 0.2 }))
+                    let net = Networks.build a Dd.cpu 3L 0.0
+                    use _ = net.Module
+                    let model = export { dyn with RoutingOutputs = true } a net
+                    use x = torch.zeros([| 1L; 3L; 32L; 32L |])
+                    expectParity 1e-4 (name + ", blank image") model net x |> ignore
+                    let ort = runOrt model x
+                    let e = match a with VitArch c -> c.Moe.NumExperts | CnnArch _ -> 0
+                    let idle =
+                        [ for KeyValue(k, v) in ort do
+                              if k.EndsWith ".index" then
+                                  let kept = ort[k.Replace(".index", ".kept")].Bools
+                                  let used = Seq.zip v.Longs kept |> Seq.filter snd |> Seq.map fst |> Set.ofSeq
+                                  yield e - used.Count ]
+                    Expect.exists idle (fun n -> n > 0) (name + ": some expert of some block gets no token (the case tests nothing otherwise)")
+            }
             test "the random policy served as threshold equals a threshold model" {
                 let a = vit sfmoe (withMoe (fun m -> { m with SecondPolicy = SecondRandom 0.3 }))
                 let t = vit sfmoe (withMoe (fun m -> { m with SecondPolicy = SecondThreshold 0.3 }))

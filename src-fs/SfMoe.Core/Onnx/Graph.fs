@@ -118,6 +118,7 @@ type Graph(opset: int) =
     member g.Equal(a, b, ?hint) = g.Node("Equal", [ a; b ], hint = defaultArg hint "equal")
     member g.And(a, b, ?hint) = g.Node("And", [ a; b ], hint = defaultArg hint "and")
     member g.Where(c, a, b, ?hint) = g.Node("Where", [ c; a; b ], hint = defaultArg hint "where")
+    member g.Neg(x, ?hint) = g.Node("Neg", [ x ], hint = defaultArg hint "neg")
     member g.Relu(x, ?hint) = g.Node("Relu", [ x ], hint = defaultArg hint "relu")
     member g.Sqrt(x, ?hint) = g.Node("Sqrt", [ x ], hint = defaultArg hint "sqrt")
     member g.Cast(x, toType: int, ?hint) = g.Node("Cast", [ x ], [ "to", AInt(int64 toType) ], defaultArg hint "cast")
