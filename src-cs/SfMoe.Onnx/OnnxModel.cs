@@ -78,8 +78,12 @@ public sealed class OnnxModel : IDisposable
         try { bytes = File.ReadAllBytes(path); }
         catch (IOException e) { throw new OnnxModelException($"{path}: cannot be read ({e.Message})", e); }
         catch (UnauthorizedAccessException e) { throw new OnnxModelException($"{path}: cannot be read ({e.Message})", e); }
-        using var so = new SessionOptions { GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL };
-        if (o.Threads is int t) so.IntraOpNumThreads = t;
+        // Every graph optimisation (Gemm/Gelu/MatMul fusions, constant folding, NCHWc convolutions), and one thread per core.
+        using var so = new SessionOptions
+        {
+            GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL,
+            IntraOpNumThreads = o.Threads ?? Environment.ProcessorCount,
+        };
         if (o.Provider == OnnxProvider.Cuda)
         {
             try { so.AppendExecutionProvider_CUDA(o.CudaDevice); }

@@ -12,7 +12,8 @@ public enum OnnxProvider
 /// <summary>Session settings of <see cref="OnnxModel.Load"/>.</summary>
 public sealed class OnnxModelOptions
 {
-    /// <summary>Threads of one operator (intra-op); null: ONNX Runtime's default (the physical cores).</summary>
+    /// <summary>Threads of one operator (intra-op); null: one per logical core (<see cref="Environment.ProcessorCount"/>,
+    /// which respects container CPU limits).</summary>
     public int? Threads { get; set; }
 
     /// <summary>The execution provider (CPU by default).</summary>

@@ -135,7 +135,7 @@ let recipeInput (meta: Map<string, string>) : Tensor =
     torch.tensor(recipeValues (r[0].GetString()) (Array.fold (*) 1L shape) (r[2].GetDouble()) (r[3].GetInt32()), ReadOnlySpan<int64>(shape))
 
 
-/// Debian's python3-torch, if this machine has it (the generator's verify-export needs it; CI does not install it).
+/// Debian's python3-torch, if this machine has it (the generator's verify-export needs it; .ci/run installs it).
 let private pythonTorch =
     lazy
         (try

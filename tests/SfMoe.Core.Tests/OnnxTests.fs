@@ -241,6 +241,24 @@ let tests =
             parityCaseWith true "GMoE cosine top-1, batch capacity factor 0.5" a dyn (standardInputs a [ 3 ])
             let a = vit gmoe (withMoe (fun m -> { m with TopK = 2; SecondPolicy = SecondThreshold 0.3; CapacityEval = Factor 1.0 }))
             parityCaseWith true "GMoE cosine top-2 threshold, batch capacity (dynamic batch)" a dyn (standardInputs a [ 2; 5 ])
+            test "experts that get no token (one blank image) run on empty slices" {
+                for name in [ gmoe; sfmoe ] do
+                    let a = vit name (withMoe (fun m -> { m with SecondPolicy = SecondThreshold 0.2 }))
+                    let net = Networks.build a Dd.cpu 3L 0.0
+                    use _ = net.Module
+                    let model = export { dyn with RoutingOutputs = true } a net
+                    use x = torch.zeros([| 1L; 3L; 32L; 32L |])
+                    expectParity 1e-4 (name + ", blank image") model net x |> ignore
+                    let ort = runOrt model x
+                    let e = match a with VitArch c -> c.Moe.NumExperts | CnnArch _ -> 0
+                    let idle =
+                        [ for KeyValue(k, v) in ort do
+                              if k.EndsWith ".index" then
+                                  let kept = ort[k.Replace(".index", ".kept")].Bools
+                                  let used = Seq.zip v.Longs kept |> Seq.filter snd |> Seq.map fst |> Set.ofSeq
+                                  yield e - used.Count ]
+                    Expect.exists idle (fun n -> n > 0) (name + ": some expert of some block gets no token (the case tests nothing otherwise)")
+            }
             test "the random policy served as threshold equals a threshold model" {
                 let a = vit sfmoe (withMoe (fun m -> { m with SecondPolicy = SecondRandom 0.3 }))
                 let t = vit sfmoe (withMoe (fun m -> { m with SecondPolicy = SecondThreshold 0.3 }))
@@ -406,6 +424,16 @@ let tests =
                     Expect.stringContains msg (sprintf "opset %d" opset) "names the opset"
                     Expect.stringContains msg "17 to 21" "names the range"
                 }
+            test "a grouped or dilated convolution is refused, naming the block and the setting" {
+                for groups, dilation, setting in [ 2L, 1L, "groups 2 and dilation 1x1"; 1L, 2L, "groups 1 and dilation 2x2" ] do
+                    use conv = torch.nn.Conv2d(4L, 4L, 3L, dilation = dilation, groups = groups)
+                    let g = Graph.Graph(17)
+                    let x = g.Input("x", Proto.DataType.float32, [ Proto.Known 1L; Proto.Known 4L; Proto.Known 8L; Proto.Known 8L ])
+                    let msg = throwsMessage<CheckpointException> (fun () -> Layers.conv g "patch_embed.backbone.stem.conv" conv x |> ignore)
+                    Expect.stringStarts msg "patch_embed.backbone.stem.conv: " "names the block"
+                    Expect.stringContains msg setting "names the setting"
+                    Expect.stringContains msg "no ONNX export" "says why"
+            }
             test "a batch size of 0 is refused" {
                 let net = Networks.build a Dd.cpu 1L 0.0
                 use _ = net.Module

@@ -183,6 +183,58 @@ public class OnnxRuntimeTests : IDisposable
 
     static Microsoft.FSharp.Collections.FSharpList<T> ListOf<T>(params T[] xs) => Microsoft.FSharp.Collections.ListModule.OfArray(xs);
 
+    /// <summary>A valid ONNX graph (images -> logits through Flatten and a Gemm) with the given metadata.</summary>
+    string GraphWithMetadata(string name, params (string Key, string Value)[] meta)
+    {
+        var g = new Core.Onnx.Graph.Graph(17);
+        var dims = ListOf(Core.Onnx.Proto.Dim.NewSymbolic("batch"), Core.Onnx.Proto.Dim.NewKnown(3), Core.Onnx.Proto.Dim.NewKnown(8), Core.Onnx.Proto.Dim.NewKnown(8));
+        var x = g.Input("images", Core.Onnx.Proto.DataType.float32, dims);
+        var flat = g.Node("Flatten", ListOf(x), FSharpOption<Microsoft.FSharp.Collections.FSharpList<Tuple<string, Core.Onnx.Proto.AttrValue>>>.None, FSharpOption<string>.None);
+        var w = g.Init("w", Core.Onnx.Proto.TensorValueModule.float32s(new long[] { 2, 192 }, new float[2 * 192]));
+        var y = g.GemmT(flat, w, FSharpOption<string>.None, FSharpOption<string>.None);
+        g.Output(y, "logits", Core.Onnx.Proto.DataType.float32, ListOf(Core.Onnx.Proto.Dim.NewSymbolic("batch"), Core.Onnx.Proto.Dim.NewKnown(2)));
+        var path = Out(name);
+        using (var s = File.Create(path))
+            Core.Onnx.Protobuf.write(s, g.Model("test", "1", "", ListOf(meta.Select(kv => Tuple.Create(kv.Key, kv.Value)).ToArray())));
+        return path;
+    }
+
+    [Fact]
+    public void PartialOrWrongMetadataIsAnErrorNamingTheFileAndTheKey()
+    {
+        var complete = new (string, string)[]
+        {
+            ("format", OnnxModel.Format), ("backbone", "vit"), ("num_classes", "2"), ("in_chans", "3"), ("img_size", "8"),
+            ("class_names", "[\"a\",\"b\"]"), ("mean", "[0.5,0.5,0.5]"), ("std", "[0.25,0.25,0.25]"), ("resize", "pil-bilinear"),
+        };
+        // The complete set loads (so each case below fails for the reason it names).
+        using (var ok = OnnxModel.Load(GraphWithMetadata("complete.onnx", complete)))
+            Assert.Equal(new[] { "a", "b" }, ok.ClassNames);
+        (string Key, string? Value, string Expected)[] cases =
+        {
+            ("mean", null, "its metadata lacks \"mean\""),
+            ("class_names", null, "its metadata lacks \"class_names\""),
+            ("mean", "[0.5,", "metadata \"mean\" is not valid JSON"),
+            ("std", "[0.25,0.25]", "mean and std need 3 values each, got 3 and 2"),
+            ("std", "[0.25,0,0.25]", "std has a value that is not > 0"),
+            ("num_classes", "two", "metadata \"num_classes\" is not a positive integer: two"),
+            ("resize", "nearest", "unknown resize \"nearest\""),
+            ("format", "sfmoe-onnx-9", "unknown model format \"sfmoe-onnx-9\""),
+            ("img_size", "16", "input \"images\" is Float [-1, 3, 8, 8], not float32 [B, 3, 16, 16]"),
+            ("num_classes", "5", "no output \"logits\" of shape [B, 5]"),
+        };
+        for (int i = 0; i < cases.Length; i++)
+        {
+            var (key, value, expected) = cases[i];
+            var meta = complete.Where(kv => kv.Item1 != key).ToList();
+            if (value is not null) meta.Add((key, value));
+            var name = $"partial{i}.onnx";
+            var e = Assert.Throws<OnnxModelException>(() => OnnxModel.Load(GraphWithMetadata(name, meta.ToArray())));
+            Assert.StartsWith(Out(name) + ": ", e.Message);
+            Assert.Contains(expected, e.Message);
+        }
+    }
+
     [Fact]
     public void BadImagesAreErrorsNamingTheFileAndTheProblem()
     {

@@ -109,11 +109,16 @@ type Graph(opset: int) =
     member g.Div(a, b, ?hint) = g.Node("Div", [ a; b ], hint = defaultArg hint "div")
     member g.Max(a, b, ?hint) = g.Node("Max", [ a; b ], hint = defaultArg hint "max")
     member g.MatMul(a, b, ?hint) = g.Node("MatMul", [ a; b ], hint = defaultArg hint "matmul")
+    /// a (M, K) times b^T for b (N, K), plus c (N,) when given: one Gemm node (ONNX Runtime's GEMM adds the bias as
+    /// it writes the product, where MatMul then Add is a second pass over the output).
+    member g.GemmT(a, b, c: string option, ?hint) =
+        g.Node("Gemm", [ yield a; yield b; match c with Some c -> yield c | None -> () ], [ "transB", AInt 1L ], defaultArg hint "gemm")
     member g.Less(a, b, ?hint) = g.Node("Less", [ a; b ], hint = defaultArg hint "less")
     member g.Greater(a, b, ?hint) = g.Node("Greater", [ a; b ], hint = defaultArg hint "greater")
     member g.Equal(a, b, ?hint) = g.Node("Equal", [ a; b ], hint = defaultArg hint "equal")
     member g.And(a, b, ?hint) = g.Node("And", [ a; b ], hint = defaultArg hint "and")
     member g.Where(c, a, b, ?hint) = g.Node("Where", [ c; a; b ], hint = defaultArg hint "where")
+    member g.Neg(x, ?hint) = g.Node("Neg", [ x ], hint = defaultArg hint "neg")
     member g.Relu(x, ?hint) = g.Node("Relu", [ x ], hint = defaultArg hint "relu")
     member g.Sqrt(x, ?hint) = g.Node("Sqrt", [ x ], hint = defaultArg hint "sqrt")
     member g.Cast(x, toType: int, ?hint) = g.Node("Cast", [ x ], [ "to", AInt(int64 toType) ], defaultArg hint "cast")

@@ -1,6 +1,5 @@
-/// Weights into initializers, and the layers every exporter shares: Linear (MatMul with the transposed weight, then
-/// Add), LayerNorm, Conv2d, eval-mode BatchNorm and GroupNorm. Initializers keep the state-dict names
-/// (`blocks.3.attn.qkv.weight_t` for a transposed weight).
+/// Weights into initializers, and the layers every exporter shares: Linear (one Gemm on 2-D activations), LayerNorm,
+/// Conv2d, eval-mode BatchNorm and GroupNorm. Initializers keep the state-dict names (`blocks.3.attn.qkv.weight`).
 module SfMoe.Core.Onnx.Layers
 
 open TorchSharp
@@ -19,13 +18,11 @@ let floats (t: Tensor) : TensorValue =
 /// An initializer from a tensor.
 let param (g: Graph) (name: string) (t: Tensor) : string = g.Init(name, floats t)
 
-/// Linear layer `key` on x (..., in) -> (..., out).
+/// Linear layer `key` on x (M, in) -> (M, out): a Gemm with the weight as stored (out, in) and the bias fused.
+/// Callers keep activations 2-D (tokens flattened to rows) so that every linear layer is one Gemm.
 let linear (g: Graph) (key: string) (l: Linear) (x: string) : string =
-    use wt = l.weight.t ()
-    let y = g.MatMul(x, param g (key + ".weight_t") wt, key)
-    match l.bias with
-    | null -> y
-    | b -> g.Add(y, param g (key + ".bias") b, key)
+    let bias = match l.bias with null -> None | b -> Some(param g (key + ".bias") b)
+    g.GemmT(x, param g (key + ".weight") l.weight, bias, key)
 
 let layerNorm (g: Graph) (key: string) (n: LayerNorm) (x: string) : string =
     g.LayerNorm(x, param g (key + ".weight") n.weight, param g (key + ".bias") n.bias, n.eps, key)
@@ -40,7 +37,8 @@ let convWith (g: Graph) (key: string) (weight: Tensor) (bias: Tensor option) (st
 /// A Conv2d module as configured (symmetric padding, square stride).
 let conv (g: Graph) (key: string) (c: Conv2d) (x: string) : string =
     if c.groups <> 1L || c.dilation |> Array.exists ((<>) 1L) then
-        SfMoe.Fail.checkpoint "%s: a grouped or dilated convolution (groups %d, dilation %A) has no ONNX export here" key c.groups c.dilation
+        SfMoe.Fail.checkpoint "%s: a convolution with groups %d and dilation %s has no ONNX export (the exporter writes groups 1, dilation 1 only)"
+            key c.groups (c.dilation |> Array.map string |> String.concat "x")
     let ph, pw = c.padding[0], c.padding[c.padding.Length - 1]
     convWith g key c.weight (Option.ofObj (c.bias :> Tensor)) c.stride[0] (ph, pw, ph, pw) x
 

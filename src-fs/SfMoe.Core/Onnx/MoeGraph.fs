@@ -1,9 +1,10 @@
 /// A sparse block's Mixture-of-Experts layer in eval mode as ONNX operators (docs/moe.md §1-6): router logits and
 /// softmax, TopK choices and renormalised gates, the second-expert policy, slots from exclusive CumSums over one-hot
 /// (groups, tokens, E) masks (visited in TopK order of the top probability when batch-prioritised), capacity from the
-/// shapes, then dispatch: every kept (token, choice) gets the buffer row e*(G*C) + g*C + slot (ScatterElements of token
-/// ids into an (E*G*C) buffer, empty rows point at a zero row), the experts run as batched MatMuls over (E, G*C, D),
-/// and each token gathers its rows back and sums them weighted by its gates.
+/// shapes, then dispatch of the kept (token, choice) pairs only: their keys (the row e*(G*C) + g*C + slot of a capacity
+/// buffer, never materialised) sorted by TopK group them by expert, each expert runs its own MatMuls on its slice (no
+/// work on empty slots or dropped choices, as TorchSharp's sorted dispatch), and each token gathers its rows back
+/// (dropped choices read a zero row) and sums them weighted by its gates.
 module SfMoe.Core.Onnx.MoeGraph
 
 open TorchSharp
@@ -53,7 +54,7 @@ let private capacity (g: Graph) (m: MoeConfig) (n: Size) : Size =
                 let upper = g.Node("Min", [ nt; whole ])
                 Runtime(g.Max(upper, g.Int(int64 minCapacity), "capacity")))
 
-/// The layer on z (B, N, D) -> (B, N, D) for a batch of `batch` images of N tokens; `policy` replaces the configured
+/// The layer on tokens z (B*N, D) -> (B*N, D) for a batch of `batch` images of N tokens; `policy` replaces the configured
 /// second-expert policy (deterministic serving of the random one). `key` is the state-dict prefix (blocks.i.mlp).
 let forward (g: Graph) (c: VitConfig) (policy: SecondPolicy) (p: Moe.Params) (key: string) (batch: Size) (wantRouting: bool) (z: string) : string * Routing option =
     let m = c.Moe
@@ -62,7 +63,7 @@ let forward (g: Graph) (c: VitConfig) (policy: SecondPolicy) (p: Moe.Params) (ke
     let e = int64 m.NumExperts
     let k = int64 m.TopK
     let s = g.MulSize(batch, Fixed n)
-    let zf = g.ReshapeTo(z, [ -1L; d ], "tokens") // (S, D)
+    let zf = z // (S, D)
     let probs = g.Softmax(logits g (key + ".gate") p.Gate zf, -1, "probs") // (S, E)
     let values, index = g.TopK(probs, g.Ints [ k ], "choices") // (S, k)
     let gates =
@@ -155,47 +156,60 @@ let forward (g: Graph) (c: VitConfig) (policy: SecondPolicy) (p: Moe.Params) (ke
           | None -> () ]
     let dispatchedChoices = int64 choices.Length
     let tokens = grouped (g.Arange s) // (G, n)
-    // Dispatch: token ids into their rows; dropped choices write to rows of their own past the end (unique indices).
-    let dispatched =
+    let pairs = g.MulSize(s, Fixed dispatchedChoices) // P = S * choices, pair p = j*S + token
+    let flat (x: string) = g.ReshapeTo(x, [ -1L ])
+    // Only the kept (token, choice) pairs run through the experts, as TorchSharp's sorted dispatch does: each pair's key
+    // is its buffer row e*(G*C) + g*C + slot when kept, and a distinct row past the end when not; sorting the keys puts
+    // the kept pairs first, grouped by expert (in slot order), and each expert runs on its own slice of that order.
+    let order, ends =
         g.Within("dispatch", fun () ->
-            let indices =
+            let keys =
                 [ for j, row, kept in choices ->
-                      let idx =
-                          match kept with
-                          | None -> row
-                          | Some kept ->
-                              let spare = g.Add(g.Add(g.Mul(tokens, g.Int dispatchedChoices), g.Int j), rowsT, "spare_row")
-                              g.Where(kept, row, spare)
-                      g.ReshapeTo(idx, [ -1L ]) ]
-            let updates = [ for _ in choices -> g.ReshapeTo(tokens, [ -1L ]) ]
-            let total = g.AddSize(rows, g.MulSize(s, Fixed dispatchedChoices))
-            let buffer = g.FillInt(g.ShapeOf [ total ], -1L, "buffer")
-            let filled = g.ScatterElements(buffer, g.Concat(indices, 0), g.Concat(updates, 0), 0, "buffer")
-            g.SliceTo(filled, 0L, 0L, rowsT, "row_tokens")) // (E*G*C,), -1 = empty
+                      match kept with
+                      | None -> flat row
+                      | Some kept ->
+                          let spare = g.Add(g.Add(g.Mul(tokens, g.Int dispatchedChoices), g.Int j), rowsT, "spare_row")
+                          flat (g.Where(kept, row, spare)) ]
+            let negated = g.Node("Neg", [ g.Concat(keys, 0, "keys") ]) // (P,): the largest first is the smallest key first
+            let sortedNeg, order = g.TopK(negated, g.SizeTensor pairs, "sorted_pairs")
+            // Kept pairs of experts 0..e: keys below (e+1)*G*C. ends (E,): where each expert's slice ends.
+            let bounds = g.Neg(g.Mul(g.Ints [ 1L .. e ], g.SizeTensor gc), "expert_bounds") // (E,) negated
+            let below = g.Cast(g.Greater(g.Unsqueeze(sortedNeg, [ 1L ]), bounds), DataType.int64) // (P, E)
+            order, g.ReduceSum(below, [ 0L ], false, "expert_ends"))
     let zeroRow = g.Init(key + ".zero_row", TensorValue.float32s [| 1L; d |] (Array.zeroCreate (int d)))
     let bank = p.Experts
     let ys =
         g.Within("experts", fun () ->
-            let padded = g.Concat([ zf; zeroRow ], 0, "tokens_padded") // (S + 1, D)
-            let xs = g.ReshapeTo(g.Gather(padded, dispatched, 0), [ e; -1L; d ], "expert_inputs") // (E, G*C, D)
-            let bias (name: string) (b: torch.Tensor option) (x: string) =
-                match b with
-                | Some b ->
-                    use b3 = b.unsqueeze(1L) // (E, 1, H|D)
-                    g.Add(x, param g (key + ".experts." + name) b3)
-                | None -> x
-            let h = bias "b1" bank.B1 (g.MatMul(xs, param g (key + ".experts.w1") bank.W1)) // (E, G*C, H)
-            let a = g.Gelu h
-            let y = bias "b2" bank.B2 (g.MatMul(a, param g (key + ".experts.w2") bank.W2)) // (E, G*C, D)
-            g.Concat([ g.ReshapeTo(y, [ -1L; d ]); zeroRow ], 0, "expert_outputs")) // (E*G*C + 1, D)
-    // Combine: each token gathers its kept rows (dropped ones read the zero row) and weights them by its gates.
+            let pairTokens = g.Concat([ for _ in choices -> flat tokens ], 0, "pair_tokens") // (P,)
+            let sortedTokens = g.Gather(pairTokens, order, 0, "sorted_tokens") // (P,), kept pairs first
+            let outs =
+                [ for ei in 0L .. e - 1L ->
+                      let stop = g.Slice(ends, 0L, ei, ei + 1L, sprintf "end%d" ei)
+                      let start = if ei = 0L then g.Ints [ 0L ] else g.Slice(ends, 0L, ei - 1L, ei, sprintf "start%d" ei)
+                      let rowsOf = g.Node("Slice", [ sortedTokens; start; stop; g.Ints [ 0L ] ], hint = sprintf "expert%d_tokens" ei)
+                      let x = g.Gather(zf, rowsOf, 0, sprintf "expert%d_inputs" ei) // (n_e, D)
+                      let weight (name: string) (w: torch.Tensor) = param g (sprintf "%s.experts.%s.%d" key name ei) w
+                      let bias (name: string) (b: torch.Tensor option) (y: string) =
+                          match b with
+                          | Some b -> g.Add(y, weight name b[ei])
+                          | None -> y
+                      let h = bias "b1" bank.B1 (g.MatMul(x, weight "w1" bank.W1[ei])) // (n_e, H)
+                      bias "b2" bank.B2 (g.MatMul(g.Gelu h, weight "w2" bank.W2[ei])) ] // (n_e, D)
+            g.Concat(outs @ [ zeroRow ], 0, "expert_outputs")) // (kept pairs + 1, D); the last row is zero
+    // Combine: each pair's place in the sorted order is its row of the expert outputs (dropped pairs read the zero row,
+    // index -1); each token weights its rows by its gates.
+    let place =
+        let positions = g.Arange pairs
+        let inverse = g.ScatterElements(g.FillInt(g.ShapeOf [ pairs ], 0L), order, positions, 0, "pair_place") // (P,)
+        g.ReshapeTo(inverse, [ dispatchedChoices; -1L ], "pair_place") // (choices, S)
     let weighted =
-        [ for j, row, kept in choices ->
-              let dest = match kept with Some kept -> g.Where(kept, row, g.Int -1L) | None -> row
-              let y = g.Gather(ys, g.ReshapeTo(dest, [ -1L ]), 0) // (S, D)
+        [ for j, _, kept in choices ->
+              let at = g.Gather(place, g.Int j, 0, sprintf "place%d" (j + 1L)) // (S,)
+              let dest = match kept with Some kept -> g.Where(flat kept, at, g.Int -1L) | None -> at
+              let y = g.Gather(ys, dest, 0) // (S, D)
               g.Mul(y, gate j, sprintf "weighted%d" (j + 1L)) ]
     let y = List.reduce (fun a b -> g.Add(a, b, "combined")) weighted
-    let out = g.ReshapeTo(y, [ -1L; n; d ], "moe_out") // (B, N, D)
+    let out = y // (S, D)
     let routing =
         if not wantRouting then None
         else

@@ -49,20 +49,27 @@ let private hybridStem (g: Graph) (p: ResNetV2.Params) (side: int64) (x: string)
             curSide <- s3
     cur
 
-/// Self-attention (Attention.forward) on (B, N, D).
+/// Self-attention (Attention.forward) on tokens (B*N, D) -> (B*N, D).
 let private attention (g: Graph) (c: VitConfig) (key: string) (p: Attention.Params) (x: string) : string =
     let n = int64 (VitConfig.numTokens c)
     let d = int64 c.EmbedDim
     let h = int64 c.NumHeads
     let hd = d / h
-    let qkv = linear g (key + ".qkv") p.Qkv x // (B, N, 3D)
-    let heads = g.Transpose(g.ReshapeTo(qkv, [ -1L; n; 3L; h; hd ]), [ 2; 0; 3; 1; 4 ], "heads") // (3, B, H, N, hd)
-    let part i name = g.Gather(heads, g.Int i, 0, name) // (B, H, N, hd)
-    let q = g.Mul(part 0L "q", g.Float(float32 (1.0 / sqrt (float hd))), "q_scaled")
-    let kt = g.Transpose(part 1L "k", [ 0; 1; 3; 2 ], "k_t")
+    // The qkv projection as three Gemms (rows i*D .. (i+1)*D of its weight): each output goes straight into its head
+    // layout with one Transpose, where splitting one (B*N, 3D) output would copy it once more.
+    let part i (name: string) (perm: int list) =
+        use w = p.Qkv.weight.narrow(0L, i * d, d)
+        let bias =
+            match p.Qkv.bias with
+            | null -> None
+            | b -> (use bi = b.narrow(0L, i * d, d) in Some(param g (sprintf "%s.qkv.bias.%s" key name) bi))
+        let y = g.GemmT(x, param g (sprintf "%s.qkv.weight.%s" key name) w, bias, name) // (B*N, D)
+        g.Transpose(g.ReshapeTo(y, [ -1L; n; h; hd ]), perm, name + "_heads")
+    let q = g.Mul(part 0L "q" [ 0; 2; 1; 3 ], g.Float(float32 (1.0 / sqrt (float hd))), "q_scaled") // (B, H, N, hd)
+    let kt = part 1L "k" [ 0; 2; 3; 1 ] // (B, H, hd, N)
     let probs = g.Softmax(g.MatMul(q, kt, "scores"), -1, "attn") // (B, H, N, N)
-    let o = g.MatMul(probs, part 2L "v", "attn_out") // (B, H, N, hd)
-    let merged = g.ReshapeTo(g.Transpose(o, [ 0; 2; 1; 3 ]), [ -1L; n; d ], "merged") // (B, N, D)
+    let o = g.MatMul(probs, part 2L "v" [ 0; 2; 1; 3 ], "attn_out") // (B, H, N, hd)
+    let merged = g.ReshapeTo(g.Transpose(o, [ 0; 2; 1; 3 ]), [ -1L; d ], "merged") // (B*N, D)
     linear g (key + ".proj") p.Proj merged
 
 /// Patch embedding with prefix tokens and position embedding: (B, C, H, W) -> (B, N, D).
@@ -88,11 +95,14 @@ let private embed (g: Graph) (c: VitConfig) (v: Vit.SfMoeVit) (batch: Size) (ima
     use pos = Vit.posEmbedFor c tok.Pos grid grid // (1, N, D)
     g.Add(g.Concat(all, 1, "tokens"), param g "pos_embed" pos, "embedded")
 
-/// The network: images (B, C, H, W) -> logits (B, K), and the routing of each sparse block when asked.
+/// The network: images (B, C, H, W) -> logits (B, K), and the routing of each sparse block when asked. The blocks
+/// work on the tokens as rows (B*N, D), so that every linear layer is one Gemm.
 let forward (g: Graph) (v: Vit.SfMoeVit) (policy: SecondPolicy -> SecondPolicy) (batch: Size) (wantRouting: bool) (images: string) : string * (int * MoeGraph.Routing) list =
     let c = v.Config
     let p = v.Params
-    let mutable x = g.Within("embed", fun () -> embed g c v batch images)
+    let n = int64 (VitConfig.numTokens c)
+    let d = int64 c.EmbedDim
+    let mutable x = g.Within("embed", fun () -> g.ReshapeTo(embed g c v batch images, [ -1L; d ], "token_rows"))
     let routing = ResizeArray()
     for i, blk in Array.indexed p.Blocks do
         let key = sprintf "blocks.%d" i
@@ -104,8 +114,14 @@ let forward (g: Graph) (v: Vit.SfMoeVit) (policy: SecondPolicy -> SecondPolicy) 
                 let f =
                     match blk.Ffn with
                     | Block.DenseFfn m ->
-                        let h = g.Gelu(linear g (key + ".mlp.fc1") m.Fc1 z)
-                        linear g (key + ".mlp.fc2") m.Fc2 h
+                        // fc1 as MatMul + Add on (B, N, D), which ONNX Runtime fuses with the GELU into one BiasGelu
+                        // pass (a Gemm would add the bias in a pass of its own).
+                        use w1t = m.Fc1.weight.t ()
+                        let z3 = g.ReshapeTo(z, [ -1L; n; d ], "fc1_in")
+                        let h0 = g.MatMul(z3, param g (key + ".mlp.fc1.weight_t") w1t, "fc1")
+                        let h1 = match m.Fc1.bias with null -> h0 | b -> g.Add(h0, param g (key + ".mlp.fc1.bias") b, "fc1")
+                        let hdim = m.Fc1.weight.shape[0]
+                        linear g (key + ".mlp.fc2") m.Fc2 (g.ReshapeTo(g.Gelu h1, [ -1L; hdim ], "fc2_in"))
                     | Block.MoeFfn m ->
                         let y, r = MoeGraph.forward g c (policy c.Moe.SecondPolicy) m (key + ".mlp") batch wantRouting z
                         r |> Option.iter (fun r -> routing.Add((i, r)))
@@ -113,7 +129,10 @@ let forward (g: Graph) (v: Vit.SfMoeVit) (policy: SecondPolicy -> SecondPolicy) 
                 g.Add(x1, f, "residual2"))
     let logits =
         g.Within("head", fun () ->
-            let feats = layerNorm g "norm" p.Norm x
+            // The final norm is per token: only the prefix tokens the heads read are normalised.
+            let prefixes = match p.HeadDist with Some _ -> 2L | None -> 1L
+            let tokens = g.Slice(g.ReshapeTo(x, [ -1L; n; d ], "tokens"), 1L, 0L, prefixes, "prefix_tokens") // (B, 1|2, D)
+            let feats = layerNorm g "norm" p.Norm tokens
             let token i = g.Gather(feats, g.Int i, 1, "prefix_token") // (B, D)
             let head = linear g "head" p.Head (token 0L)
             match p.HeadDist with
