@@ -153,6 +153,7 @@ type StepBenchResult =
       model: string
       batch_size: int
       img_size: int
+      in_chans: int
       threads: int
       macs_per_image: int64
       step_gflop: float
@@ -167,32 +168,43 @@ let matmulGflops (n: int64) =
     let ts = time 2 5 (fun () -> (torch.matmul(a, b)).Dispose())
     2.0 * float (n * n * n) / (median ts / 1000.0) / 1e9
 
-/// One training step (forward, backward, Adam) on random tensors, median after warm-up; forward alone timed too.
-let step (cfg: VitConfig) (name: string) (batch: int) (warmup: int) (repeats: int) : StepBenchResult =
+/// One training step (forward, backward, Adam) on random tensors, median after warm-up; forward alone and
+/// forward + backward timed too. Any backbone: a ViT (SF-MoE objective, Adam lr 1e-5) or a CNN baseline (ERM as
+/// DomainBed: Adam lr 1e-3 for MNIST_CNN, 5e-5 for ResNet-50 with its BatchNorms frozen).
+let step (arch: Config.Architecture) (name: string) (batch: int) (warmup: int) (repeats: int) : StepBenchResult =
     let dd = Dd.cpu
-    use model = new Vit.SfMoeVit(cfg, dd, Some 0L)
-    let net = Networks.VitNet model
-    use learner = new Train.Learner(net, Train.SfMoeAlg, Optim.AdamL2, 1e-5, 0.0, 0L, dd)
+    let net = Networks.build arch dd 0L 0.0
+    use _net = net.Module
+    let kind, lr =
+        match arch with
+        | Config.VitArch _ -> Train.SfMoeAlg, 1e-5
+        | Config.CnnArch { Kind = Config.MnistCnn } -> Train.Erm, 1e-3
+        | Config.CnnArch _ -> Train.Erm, 5e-5
+    use learner = new Train.Learner(net, kind, Optim.AdamL2, lr, 0.0, 0L, dd)
     torch.manual_seed 0L |> ignore
-    let img = int64 cfg.ImgSize
-    use x = torch.randn(int64 batch, int64 cfg.InChans, img, img)
-    use y = torch.randint(int64 cfg.NumClasses, [| int64 batch |])
+    let img = int64 (Config.Architecture.imgSize arch)
+    use x = torch.randn(int64 batch, int64 (Config.Architecture.inChans arch), img, img)
+    use y = torch.randint(int64 (Config.Architecture.numClasses arch), [| int64 batch |])
     let stepTimes = time warmup repeats (fun () -> learner.Update([ x ], [ y ]) |> ignore)
-    model.train () |> ignore
+    net.SetTraining true
+    let ctx = Ctx.train
     let fwdTimes =
         time warmup repeats (fun () ->
-            use o = model.Run(x)
-            ())
+            let o = Networks.run net ctx false x
+            o.Logits.Dispose()
+            o.Aux.Dispose())
     // backward: forward + backward without the optimizer, minus forward
     let fbTimes =
         time warmup repeats (fun () ->
-            use o = model.Run(x)
+            let o = Networks.run net ctx false x
             use l = Losses.crossEntropy o.Logits y
-            use total = l + o.Aux
+            use total = if kind = Train.Erm then l.alias () else l + o.Aux
             total.backward ()
-            model.zero_grad ())
+            o.Logits.Dispose()
+            o.Aux.Dispose()
+            learner.Optimizer.ZeroGrad())
     let stepMs, fwdMs, fbMs = median stepTimes, median fwdTimes, median fbTimes
-    let macs = Summary.table cfg |> List.sumBy (fun (_, _, _, _, m) -> m)
+    let macs = Summary.macsPerImage arch
     // forward = 2 * MACs flops; backward ~ 2x forward
     let gflop = 3.0 * 2.0 * float macs * float batch / 1e9
     let achieved = gflop / (stepMs / 1000.0)
@@ -203,7 +215,8 @@ let step (cfg: VitConfig) (name: string) (batch: int) (warmup: int) (repeats: in
       optimizer_ms = stepMs - fbMs
       model = name
       batch_size = batch
-      img_size = cfg.ImgSize
+      img_size = int img
+      in_chans = Config.Architecture.inChans arch
       threads = torch.get_num_threads ()
       macs_per_image = macs
       step_gflop = gflop

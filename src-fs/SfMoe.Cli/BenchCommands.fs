@@ -45,6 +45,8 @@ type BenchStepArgs =
     | Model_Config of file: string
     | Batch_Size of n: int
     | Img_Size of n: int
+    | In_Chans of n: int
+    | Num_Classes of n: int
     | Threads of n: int
     | Warmup of n: int
     | Repeats of n: int
@@ -52,10 +54,12 @@ type BenchStepArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Model _ -> "registry model (default sfmoe_small_patch16_224)"
-            | Model_Config _ -> "model config JSON file"
+            | Model _ -> "registry model: a ViT, mnist_cnn or resnet50 (default sfmoe_small_patch16_224)"
+            | Model_Config _ -> "ViT model config JSON file"
             | Batch_Size _ -> "images per step (default 8)"
             | Img_Size _ -> "input size (default: the model's)"
+            | In_Chans _ -> "input channels (default: the model's; 2 for ColoredMNIST)"
+            | Num_Classes _ -> "classes of the head (default: the model's)"
             | Threads _ -> "CPU threads (default: all cores)"
             | Warmup _ -> "untimed steps first (default 2)"
             | Repeats _ -> "timed steps; the median is reported (default 5)"
@@ -134,21 +138,35 @@ let benchStep (a: ParseResults<BenchStepArgs>) =
     a.TryGetResult BenchStepArgs.Threads |> Option.iter (fun t -> torch.set_num_threads (positive "threads" t))
     let model = a.TryGetResult BenchStepArgs.Model
     let file = a.TryGetResult BenchStepArgs.Model_Config
+    let source =
+        match model, file with
+        | Some _, Some _ -> fail "give --model or --model-config, not both"
+        | None, Some path ->
+            if not (IO.File.Exists path) then fail "model config %s: file not found" path
+            ModelSpec.Json(IO.File.ReadAllText path)
+        | m, None -> ModelSpec.Named(defaultArg m "sfmoe_small_patch16_224")
     let name = defaultArg model (defaultArg file "sfmoe_small_patch16_224")
-    let cfg = loadConfig (if model.IsNone && file.IsNone then Some "sfmoe_small_patch16_224" else model) file
-    let cfg =
-        match a.TryGetResult BenchStepArgs.Img_Size with
-        | Some s -> { cfg with ImgSize = positive "img-size" s }
-        | None -> cfg
-    match Config.VitConfig.validate cfg with
-    | Error e -> fail "%s" e
-    | Ok _ -> ()
+    let arch =
+        try
+            let spec =
+                { ModelSpec.ofSource source with
+                    ImgSize = a.TryGetResult BenchStepArgs.Img_Size |> Option.map (positive "img-size")
+                    NumClasses = a.TryGetResult BenchStepArgs.Num_Classes |> Option.map (positive "num-classes") }
+            let arch = ModelSpec.resolve spec
+            match a.TryGetResult BenchStepArgs.In_Chans |> Option.map (positive "in-chans"), arch with
+            | None, _ -> arch
+            | Some c, Config.VitArch v -> ModelSpec.resolve (ModelSpec.given (Config.VitArch { v with InChans = c }))
+            | Some c, Config.CnnArch k -> ModelSpec.resolve (ModelSpec.given (Config.CnnArch { k with InChans = c }))
+        with :? ConfigException as e ->
+            match file with
+            | Some path -> fail "model config %s: %s" path e.Message
+            | None -> fail "%s" e.Message
     let r =
-        Bench.step cfg name (positive "batch-size" (a.GetResult(BenchStepArgs.Batch_Size, defaultValue = 8)))
+        Bench.step arch name (positive "batch-size" (a.GetResult(BenchStepArgs.Batch_Size, defaultValue = 8)))
             (a.GetResult(BenchStepArgs.Warmup, defaultValue = 2)) (positive "repeats" (a.GetResult(BenchStepArgs.Repeats, defaultValue = 5)))
     if a.Contains BenchStepArgs.Json then Console.WriteLine(json r)
     else
-        Console.WriteLine(sprintf "training step: %s, batch %d, %dx%d, %d threads" r.model r.batch_size r.img_size r.img_size r.threads)
+        Console.WriteLine(sprintf "training step: %s, batch %d, %dx%dx%d, %d threads" r.model r.batch_size r.in_chans r.img_size r.img_size r.threads)
         Console.WriteLine(sprintf "  step %.1f ms (forward %.1f, backward %.1f, optimizer %.1f), median" r.step_ms r.forward_ms r.backward_ms r.optimizer_ms)
         Console.WriteLine(sprintf "  %.1f GFLOP per step (3 x 2 x %.2f GMAC/image), %.1f GFLOP/s = %.0f%% of this machine's 1024^3 matmul rate (%.1f GFLOP/s)"
                             r.step_gflop (float r.macs_per_image / 1e9) r.achieved_gflops (100.0 * r.efficiency) r.matmul_gflops)
