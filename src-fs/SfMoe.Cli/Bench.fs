@@ -165,6 +165,7 @@ type StepBenchResult =
       model: string
       batch_size: int
       img_size: int
+      in_chans: int
       threads: int
       device: string
       precision: string
@@ -260,19 +261,26 @@ module Peaks =
             with _ -> None
         | name -> Some name
 
-/// One training step (forward, backward, Adam) on random tensors, median after warm-up; forward alone timed too; and
-/// the model FLOP utilisation: FLOPs from the work done (Flops.step) per second over the device's peak (the table
-/// for a GPU, --peak-tflops, or on a CPU the measured float32 matmul rate).
-let step (cfg: VitConfig) (name: string) (batch: int) (warmup: int) (repeats: int) (dd: Dd) (precision: Precision)
+/// One training step (forward, backward, Adam) on random tensors, median after warm-up; forward alone and
+/// forward + backward timed too. Any backbone: a ViT (SF-MoE objective, Adam lr 1e-5) or a CNN baseline (ERM as
+/// DomainBed: Adam lr 1e-3 for MNIST_CNN, 5e-5 for ResNet-50 with its BatchNorms frozen). The model FLOP utilisation is
+/// FLOPs from the work done (Flops.step for a ViT; 3 x 2 x MACs per image x batch for a CNN) per second over the
+/// device's peak (the table for a GPU, --peak-tflops, or on a CPU the measured float32 matmul rate).
+let step (arch: Config.Architecture) (name: string) (batch: int) (warmup: int) (repeats: int) (dd: Dd) (precision: Precision)
          (peakOverride: float option) : StepBenchResult =
     let dev = dd.Device
-    use model = new Vit.SfMoeVit(cfg, dd, Some 0L)
-    let net = Networks.VitNet model
-    use learner = new Train.Learner(net, Train.SfMoeAlg, Optim.AdamL2, 1e-5, 0.0, 0L, dd, precision, false)
+    let net = Networks.build arch dd 0L 0.0
+    use _net = net.Module
+    let kind, lr =
+        match arch with
+        | Config.VitArch _ -> Train.SfMoeAlg, 1e-5
+        | Config.CnnArch { Kind = Config.MnistCnn } -> Train.Erm, 1e-3
+        | Config.CnnArch _ -> Train.Erm, 5e-5
+    use learner = new Train.Learner(net, kind, Optim.AdamL2, lr, 0.0, 0L, dd, precision, false)
     torch.manual_seed 0L |> ignore
-    let img = int64 cfg.ImgSize
-    use xc = torch.randn(int64 batch, int64 cfg.InChans, img, img)
-    use yc = torch.randint(int64 cfg.NumClasses, [| int64 batch |])
+    let img = int64 (Config.Architecture.imgSize arch)
+    use xc = torch.randn(int64 batch, int64 (Config.Architecture.inChans arch), img, img)
+    use yc = torch.randint(int64 (Config.Architecture.numClasses arch), [| int64 batch |])
     use x = xc.``to``(dev)
     use y = yc.``to``(dev)
     // Learner.Step (not Update): no host read inside the timed region; `time` synchronises around it.
@@ -281,22 +289,28 @@ let step (cfg: VitConfig) (name: string) (batch: int) (warmup: int) (repeats: in
     let pairs = (stats |> List.sumBy (fun (_, s) -> Array.sum s.Load)) / float (warmup + repeats)
     let tokens = stats |> List.sumBy (fun (_, s) -> s.Tokens)
     let ctx = { Ctx.train with Precision = precision }
-    model.train () |> ignore
+    net.SetTraining true
     let fwdTimes =
         time dev warmup repeats (fun () ->
-            use o = model.RunWith(ctx, x, false, false)
-            ())
+            let o = Networks.run net ctx false x
+            o.Logits.Dispose()
+            o.Aux.Dispose())
     // backward: forward + backward without the optimizer, minus forward
     let fbTimes =
         time dev warmup repeats (fun () ->
-            use o = model.RunWith(ctx, x, false, false)
+            let o = Networks.run net ctx false x
             use l = Losses.crossEntropy o.Logits y
-            use total = l + o.Aux
+            use total = if kind = Train.Erm then l.alias () else l + o.Aux
             total.backward ()
-            model.zero_grad ())
+            o.Logits.Dispose()
+            o.Aux.Dispose()
+            learner.Optimizer.ZeroGrad())
     let stepMs, fwdMs, fbMs = median stepTimes, median fwdTimes, median fbTimes
-    let macs = Summary.table cfg |> List.sumBy (fun (_, _, _, _, m) -> m)
-    let gflop = Flops.step cfg batch pairs / 1e9
+    let macs = Summary.macsPerImage arch
+    let gflop =
+        (match arch with
+         | Config.VitArch cfg -> Flops.step cfg batch pairs
+         | Config.CnnArch _ -> 3.0 * 2.0 * float macs * float batch) / 1e9
     let achieved = gflop / (stepMs / 1000.0)
     let peak, source =
         match peakOverride with
@@ -316,7 +330,8 @@ let step (cfg: VitConfig) (name: string) (batch: int) (warmup: int) (repeats: in
       optimizer_ms = stepMs - fbMs
       model = name
       batch_size = batch
-      img_size = cfg.ImgSize
+      img_size = int img
+      in_chans = Config.Architecture.inChans arch
       threads = torch.get_num_threads ()
       device = string dev
       precision = Precision.name precision

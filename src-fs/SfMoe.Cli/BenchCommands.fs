@@ -49,6 +49,8 @@ type BenchStepArgs =
     | Model_Config of file: string
     | Batch_Size of n: int
     | Img_Size of n: int
+    | In_Chans of n: int
+    | Num_Classes of n: int
     | Threads of n: int
     | Device of device: string
     | Precision of name: string
@@ -59,10 +61,12 @@ type BenchStepArgs =
     interface IArgParserTemplate with
         member a.Usage =
             match a with
-            | Model _ -> "registry model (default sfmoe_small_patch16_224)"
-            | Model_Config _ -> "model config JSON file"
+            | Model _ -> "registry model: a ViT, mnist_cnn or resnet50 (default sfmoe_small_patch16_224)"
+            | Model_Config _ -> "ViT model config JSON file"
             | Batch_Size _ -> "images per step (default 8)"
             | Img_Size _ -> "input size (default: the model's)"
+            | In_Chans _ -> "input channels (default: the model's; 2 for ColoredMNIST)"
+            | Num_Classes _ -> "classes of the head (default: the model's)"
             | Threads _ -> "CPU threads (default: all cores)"
             | Device _ -> "cpu (default), cuda or cuda:N"
             | Precision _ -> precisionUsage
@@ -163,22 +167,36 @@ let benchStep (a: ParseResults<BenchStepArgs>) =
         |> Option.map (fun p -> if p > 0.0 && Double.IsFinite p then p else fail "--peak-tflops must be a number > 0, got %g" p)
     let model = a.TryGetResult BenchStepArgs.Model
     let file = a.TryGetResult BenchStepArgs.Model_Config
+    let source =
+        match model, file with
+        | Some _, Some _ -> fail "give --model or --model-config, not both"
+        | None, Some path ->
+            if not (IO.File.Exists path) then fail "model config %s: file not found" path
+            ModelSpec.Json(IO.File.ReadAllText path)
+        | m, None -> ModelSpec.Named(defaultArg m "sfmoe_small_patch16_224")
     let name = defaultArg model (defaultArg file "sfmoe_small_patch16_224")
-    let cfg = loadConfig (if model.IsNone && file.IsNone then Some "sfmoe_small_patch16_224" else model) file
-    let cfg =
-        match a.TryGetResult BenchStepArgs.Img_Size with
-        | Some s -> { cfg with ImgSize = positive "img-size" s }
-        | None -> cfg
-    match Config.VitConfig.validate cfg with
-    | Error e -> fail "%s" e
-    | Ok _ -> ()
+    let arch =
+        try
+            let spec =
+                { ModelSpec.ofSource source with
+                    ImgSize = a.TryGetResult BenchStepArgs.Img_Size |> Option.map (positive "img-size")
+                    NumClasses = a.TryGetResult BenchStepArgs.Num_Classes |> Option.map (positive "num-classes") }
+            let arch = ModelSpec.resolve spec
+            match a.TryGetResult BenchStepArgs.In_Chans |> Option.map (positive "in-chans"), arch with
+            | None, _ -> arch
+            | Some c, Config.VitArch v -> ModelSpec.resolve (ModelSpec.given (Config.VitArch { v with InChans = c }))
+            | Some c, Config.CnnArch k -> ModelSpec.resolve (ModelSpec.given (Config.CnnArch { k with InChans = c }))
+        with :? ConfigException as e ->
+            match file with
+            | Some path -> fail "model config %s: %s" path e.Message
+            | None -> fail "%s" e.Message
     let r =
-        Bench.step cfg name (positive "batch-size" (a.GetResult(BenchStepArgs.Batch_Size, defaultValue = 8)))
+        Bench.step arch name (positive "batch-size" (a.GetResult(BenchStepArgs.Batch_Size, defaultValue = 8)))
             (a.GetResult(BenchStepArgs.Warmup, defaultValue = 2)) (positive "repeats" (a.GetResult(BenchStepArgs.Repeats, defaultValue = 5)))
             dd precision peak
     if a.Contains BenchStepArgs.Json then Console.WriteLine(json r)
     else
-        Console.WriteLine(sprintf "training step: %s, batch %d, %dx%d, %s, %s, %d threads" r.model r.batch_size r.img_size r.img_size r.device r.precision r.threads)
+        Console.WriteLine(sprintf "training step: %s, batch %d, %dx%dx%d, %s, %s, %d threads" r.model r.batch_size r.in_chans r.img_size r.img_size r.device r.precision r.threads)
         Console.WriteLine(sprintf "  step %.1f ms (forward %.1f, backward %.1f, optimizer %.1f), median" r.step_ms r.forward_ms r.backward_ms r.optimizer_ms)
         let rate (gflops: float) = if gflops >= 1000.0 then sprintf "%.1f TFLOP/s" (gflops / 1000.0) else sprintf "%.3g GFLOP/s" gflops
         Console.WriteLine(sprintf "  %.3g GFLOP per step (3 x 2 x MACs, with %.0f token-expert pairs per step = %.2f per token per sparse block), %s"

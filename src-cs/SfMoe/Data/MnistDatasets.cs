@@ -50,6 +50,14 @@ internal sealed class MnistData
             if (!Directory.Exists(folder)) continue;
             var files = FileNames.Select(n => Find(folder, n)).ToArray();
             if (files.All(f => f is not null)) return LoadFiles(files!, folder);
+            if (files.Any(f => f is not null))
+            {
+                // Some but not all: the user's MNIST folder is incomplete; name what it lacks rather than looking on.
+                var missing = FileNames.Where((n, i) => files[i] is null);
+                throw new DatasetException(
+                    $"MNIST: {Path.GetFullPath(folder)} holds some of the idx files but lacks {string.Join(", ", missing)} " +
+                    $"(raw or .gz); run `Downloader.Fetch(\"MNIST\", \"{dataDir}\")` or copy the missing files there");
+            }
         }
         throw new DatasetException(
             $"MNIST: the idx files ({string.Join(", ", FileNames)}, raw or .gz) were not found in any of " +
@@ -106,6 +114,15 @@ internal sealed class MnistData
             var data = new byte[size];
             try { s.ReadExactly(data); }
             catch (EndOfStreamException) { throw new DatasetException($"MNIST: {path} is truncated (expected {size} bytes of data after the header)"); }
+            // Data past the declared size: a wrong header or a concatenated/corrupt file; either way not what it says.
+            Span<byte> extra = stackalloc byte[1];
+            if (s.Read(extra) != 0)
+            {
+                long have = s.CanSeek ? s.Length - head.Length : -1;
+                throw new DatasetException(have >= 0
+                    ? $"MNIST: {path} has {have - size} bytes of trailing data after the {size} its header declares ({count} items)"
+                    : $"MNIST: {path} has trailing data after the {size} bytes its header declares ({count} items)");
+            }
             return (data, count);
         }
         catch (Exception e) when (e is (IOException or InvalidDataException) and not EndOfStreamException)

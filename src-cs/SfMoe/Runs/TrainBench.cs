@@ -35,7 +35,9 @@ internal static class TrainBench
         var arch = ModelSpec.resolve(ModelSpec.Create(ModelSpec.Source.NewNamed(model), null, null, null, FSharpOption<ModelSpec.DataShape>.Some(data)));
         var pre = Preprocessors.For(spec, Config.ArchitectureModule.imgSize(arch));
         int cores = Environment.ProcessorCount;
-        set_num_threads(threads ?? ThreadPlan.Threads(Summary.macsPerImage(arch), cores, workers ?? ThreadPlan.Workers(cores)));
+        int trainEnvs = Math.Max(1, dataset.Environments.Count - 1);
+        set_num_threads(threads ?? ThreadPlan.Threads(ThreadPlan.StepMacs(Summary.macsPerImage(arch), batchSize * trainEnvs), cores,
+                                                      workers ?? ThreadPlan.Workers(cores)));
         var net = Networks.build(arch, dd, 0, 0.0);
         using var learner = new Train.Learner(net, alg, Optim.Kind.AdamL2, 1e-5, 0.0, 0, dd, Precisions.ToCore(precision), false);
         using var log = new RunLog(null, null);

@@ -123,16 +123,34 @@ public sealed record TrainProgress(int Step, int TotalSteps, double Loss, double
 public sealed record TrainResult(string OutputDir, string ModelPath, IReadOnlyList<EvalResult> Evaluations, bool Done, IReadOnlyList<int> TestEnvs, IReadOnlyList<string> EnvNames);
 
 /// <summary>
-/// Default thread counts. Small models (under 1 GMAC per image, such as the 32x32 test models) run their many small
-/// ops faster on one thread than on two and leave the other cores to the data workers; larger models take every core
-/// (their data pipeline is cheap next to their compute). Measured with `sfmoe bench train` (README).
+/// Default thread counts and evaluation batch sizes. The thread plan decides from the work of one training step (MACs
+/// per image x images per step), not per image: a step under 2 GMAC (the 32x32 test models at their small batches)
+/// runs its many small ops faster on one thread than on two and leaves the other cores to the data workers; a
+/// larger step (MNIST_CNN at DomainBed's 5 x 64 images is ~23 GMAC, ResNet-50 and the 224 ViTs far more) takes every
+/// core (its data pipeline is cheap next to its compute). Measured with `sfmoe bench step` and `sfmoe bench train`.
 /// </summary>
 internal static class ThreadPlan
 {
+    /// <summary>Steps under this many multiply-accumulates run on the cores the data workers leave.</summary>
+    public const long SmallStepMacs = 2_000_000_000L;
+
     /// <summary>Data workers: half the cores, at least one.</summary>
     public static int Workers(int cores) => Math.Max(1, cores / 2);
 
-    /// <summary>Tensor threads for a model of <paramref name="macsPerImage"/> multiply-accumulates per image.</summary>
-    public static int Threads(long macsPerImage, int cores, int workers) =>
-        macsPerImage < 1_000_000_000L ? Math.Max(1, cores - workers) : Math.Max(1, cores);
+    /// <summary>Tensor threads for a training step of <paramref name="macsPerStep"/> multiply-accumulates.</summary>
+    public static int Threads(long macsPerStep, int cores, int workers) =>
+        macsPerStep < SmallStepMacs ? Math.Max(1, cores - workers) : Math.Max(1, cores);
+
+    /// <summary>MACs of one training step: per image x images per step (saturating).</summary>
+    public static long StepMacs(long macsPerImage, int imagesPerStep) =>
+        macsPerImage > long.MaxValue / Math.Max(1, imagesPerStep) ? long.MaxValue : macsPerImage * imagesPerStep;
+
+    /// <summary>
+    /// Images per evaluation batch. A CNN baseline evaluates twice a training step's images (no gradients or
+    /// optimizer state to hold, so it fits where the step fits), between 64 and 1024: its convolutions and
+    /// GroupNorms run faster per image on large batches, so evaluation is never slower per image than training. A
+    /// ViT keeps 64 (its attention's memory grows with the batch and its matmuls are already large at 64).
+    /// </summary>
+    public static int EvalBatch(bool cnn, int imagesPerStep) =>
+        cnn ? Math.Clamp(2 * imagesPerStep, 64, 1024) : 64;
 }

@@ -28,6 +28,7 @@ internal sealed class TrainingRun : IDisposable
     readonly double _stepsPerEpoch;
     readonly int _batch, _steps, _freq, _workers, _start;
     readonly bool _keepEvalImages;
+    readonly int _evalBatch;
     readonly JsonObject _args;
     readonly JsonNode _hparams;
     readonly ModelHeader _header;
@@ -37,12 +38,12 @@ internal sealed class TrainingRun : IDisposable
     TrainingRun(TrainOptions o, RunFolder folder, RunLog log, Device device, IReadOnlyList<string> envNames, Networks.Network net,
                 Train.Learner learner, SafeLoader loader, IPreprocessor pre, List<(IDomainEnvironment, int[])> trainEnvs,
                 List<EvalSplit> evalSplits, double stepsPerEpoch, int batch, int steps, int freq, int workers, int start,
-                bool keepEvalImages, JsonObject args, JsonNode hparams, ModelHeader header, List<string> lines, Determinism? determinism)
+                bool keepEvalImages, int evalBatch, JsonObject args, JsonNode hparams, ModelHeader header, List<string> lines, Determinism? determinism)
     {
         _determinism = determinism;
         _o = o; _folder = folder; _log = log; _device = device; _envNames = envNames; _net = net; _learner = learner;
         _loader = loader; _pre = pre; _trainEnvs = trainEnvs; _evalSplits = evalSplits; _stepsPerEpoch = stepsPerEpoch;
-        _batch = batch; _steps = steps; _freq = freq; _workers = workers; _start = start; _keepEvalImages = keepEvalImages;
+        _batch = batch; _steps = steps; _freq = freq; _workers = workers; _start = start; _keepEvalImages = keepEvalImages; _evalBatch = evalBatch;
         _args = args; _hparams = hparams; _header = header; _lines = lines;
     }
 
@@ -118,7 +119,9 @@ internal sealed class TrainingRun : IDisposable
             }
             int workers = o.Workers ?? ThreadPlan.Workers(Environment.ProcessorCount);
             if (o.Threads is null)
-                torch.set_num_threads(ThreadPlan.Threads(Summary.macsPerImage(arch), Environment.ProcessorCount, workers));
+                torch.set_num_threads(ThreadPlan.Threads(ThreadPlan.StepMacs(Summary.macsPerImage(arch), batch * trainEnvs.Count),
+                                                         Environment.ProcessorCount, workers));
+            int evalBatch = ThreadPlan.EvalBatch(arch.IsCnnArch, batch * trainEnvs.Count);
 
             var args = ResultsLog.Args(o, folder.Directory, algName, spec.Name, steps, freq, precision);
             var hparamsJson = JsonSerializer.SerializeToNode(hparams)!;
@@ -144,7 +147,7 @@ internal sealed class TrainingRun : IDisposable
             log.Info($"dataset {spec.Name}: {string.Join(", ", envNames.Select((n, i) => $"env{i}={n} ({inSplits[i].In.Length}+{inSplits[i].Out.Length})"))}; test envs {string.Join(",", o.TestEnvs)}");
             log.Info($"algorithm {algName}, model {header.Backbone}{(arch is Config.Architecture.VitArch v ? " " + Core.Pattern.print(v.Item.Pattern) : "")}, "
                      + $"{Layers.countParams(net.Module):N0} parameters, batch {batch} x {trainEnvs.Count} envs, {steps} steps, eval every {freq}, "
-                     + $"{torch.get_num_threads()} threads + {workers} data workers");
+                     + $"{torch.get_num_threads()} threads + {workers} data workers, eval batch {evalBatch}");
 
             // Evaluation cache: decode and resize each eval image once, when it fits.
             long cacheBytes = evalSplits.Sum(s => s.CacheBytes);
@@ -152,7 +155,7 @@ internal sealed class TrainingRun : IDisposable
             if (!keep) log.Info($"evaluation images need {cacheBytes / 1e9:F2} GB, over the cache budget ({o.EvalCacheBytes / 1e9:F2} GB): decoding them at every evaluation");
 
             return new TrainingRun(o, folder, log, device, envNames, net, learner, loader, pre, trainEnvs, evalSplits, stepsPerEpoch,
-                                   batch, steps, freq, workers, start, keep, args, hparamsJson, header, lines, determinism);
+                                   batch, steps, freq, workers, start, keep, evalBatch, args, hparamsJson, header, lines, determinism);
         }
         catch
         {
@@ -211,7 +214,7 @@ internal sealed class TrainingRun : IDisposable
         using var evalRng = new torch.Generator((ulong)SeedMix.Of(_o.Seed, step, 0xe7a1));
         var accs = new Dictionary<string, double>();
         foreach (var s in _evalSplits)
-            accs[s.Name] = s.Accuracy(x => _learner.Predict(x, evalRng), _loader, 64, _workers, _device);
+            accs[s.Name] = s.Accuracy(x => _learner.Predict(x, evalRng), _loader, _evalBatch, _workers, _device);
         double epoch = step / _stepsPerEpoch;
         return new EvalResult(step, epoch, sums["loss"] / count, sums["aux_loss"] / count, sums["step_time"] / count, accs);
     }

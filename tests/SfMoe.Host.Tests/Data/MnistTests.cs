@@ -184,6 +184,63 @@ public class MnistTests
         Assert.Contains("t10k-labels-idx1-ubyte is truncated", e.Message);
     }
 
+    /// <summary>A folder of four good idx files with one of them replaced by crafted bytes: the error names that
+    /// file and what is wrong with it, when the dataset is opened (before any training).</summary>
+    [Theory]
+    [InlineData("missing", "t10k-images-idx3-ubyte", "lacks t10k-images-idx3-ubyte")]
+    [InlineData("truncated-header", "train-labels-idx1-ubyte", "train-labels-idx1-ubyte is truncated (shorter than its header)")]
+    [InlineData("truncated-data", "train-images-idx3-ubyte", "train-images-idx3-ubyte is truncated (expected 7840 bytes")]
+    [InlineData("labels-as-images", "train-images-idx3-ubyte", "train-images-idx3-ubyte is not an idx file of 3-d unsigned bytes (magic 0x00000801, expected 0x00000803)")]
+    [InlineData("bad-magic", "t10k-labels-idx1-ubyte", "t10k-labels-idx1-ubyte is not an idx file of 1-d unsigned bytes (magic 0x89504e47")]
+    [InlineData("wrong-side", "t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte holds 32-pixel sides, expected 28")]
+    [InlineData("trailing", "train-labels-idx1-ubyte", "train-labels-idx1-ubyte has 3 bytes of trailing data after the 10 its header declares (10 items)")]
+    [InlineData("trailing-gz", "t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz has trailing data after the 5 bytes its header declares (5 items)")]
+    [InlineData("count-mismatch", "t10k-labels-idx1-ubyte", "t10k-images-idx3-ubyte has 5 images but")]
+    [InlineData("bad-label", "train-labels-idx1-ubyte", "train-labels-idx1-ubyte has a label 12 outside 0..9")]
+    [InlineData("gz-garbage", "train-images-idx3-ubyte.gz", "cannot read")]
+    public void BrokenIdxFilesAreNamedWithWhatIsWrong(string fault, string file, string expected)
+    {
+        using var tmp = new TempDir();
+        string raw = tmp.Sub("MNIST", "raw");
+        bool gz = file.EndsWith(".gz");
+        WriteFakeMnist(raw, 10, 5, gz);
+        string path = Path.Combine(raw, file);
+        switch (fault)
+        {
+            case "missing": File.Delete(path); break;
+            case "truncated-header": File.WriteAllBytes(path, [0, 0, 8, 1, 0, 0]); break;
+            case "truncated-data": File.WriteAllBytes(path, File.ReadAllBytes(path)[..^100]); break;
+            case "labels-as-images": WriteIdx(path, 1, 10, new byte[10]); break;
+            case "bad-magic": File.WriteAllBytes(path, [0x89, 0x50, 0x4e, 0x47, 0, 0, 0, 5, 1, 2, 3, 4, 5]); break;
+            case "wrong-side":
+            {
+                var b = File.ReadAllBytes(path);
+                b[11] = 32; // rows
+                File.WriteAllBytes(path, b);
+                break;
+            }
+            case "trailing": File.WriteAllBytes(path, [.. File.ReadAllBytes(path), 1, 2, 3]); break;
+            case "trailing-gz": WriteIdxWithExtra(path, 5, [1, 2, 3, 4, 5, 6, 7]); break;
+            case "count-mismatch": WriteIdx(path, 1, 4, [1, 2, 3, 4]); break;
+            case "bad-label": WriteIdx(path, 1, 10, [0, 1, 2, 3, 12, 5, 6, 7, 8, 9]); break;
+            case "gz-garbage": File.WriteAllBytes(path, [0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]); break;
+        }
+        var e = Assert.ThrowsAny<SfMoeException>(() => Datasets.Open("RotatedMNIST", tmp.Path, null));
+        Assert.IsType<DatasetException>(e);
+        Assert.Contains(expected, e.Message);
+        Assert.StartsWith("MNIST: ", e.Message);
+        if (fault != "missing") Assert.Contains(path, e.Message);
+
+        // A labels file of 5 items whose (gzip-compressed) data runs on past what its header declares.
+        static void WriteIdxWithExtra(string path, int count, byte[] data)
+        {
+            using var f = File.Create(path);
+            using var z = new System.IO.Compression.GZipStream(f, System.IO.Compression.CompressionLevel.Fastest);
+            z.Write([0, 0, 8, 1, 0, 0, 0, (byte)count]);
+            z.Write(data);
+        }
+    }
+
     [SkippableFact]
     public void RealMnistGivesDomainBedsEnvironmentsBitForBit()
     {
