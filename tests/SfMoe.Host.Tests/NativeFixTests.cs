@@ -102,6 +102,10 @@ public class NativeFixTests : IDisposable
         var stdcxx = "/usr/lib/x86_64-linux-gnu/libstdc++.so.6";
         if (!File.Exists(stdcxx) || ElfPatcher.DefinedVersions(File.ReadAllBytes(stdcxx)).Contains("GLIBCXX_3.4.32"))
             return; // this system does not need the fix
+        // libtorch itself must be in the process already (as in an app that loaded TorchSharp): otherwise the loader
+        // stops at the copy's first missing dependency (libtorch.so, not next to the copy) before the symbol versions,
+        // and whether it is depends on which test class ran first.
+        using (var warm = TorchSharp.torch.zeros(1)) { }
         var copy = Path.Combine(_dir, "libLibTorchSharp.so");
         File.Copy(Original(), copy);
         var r = Core.Native.tryLoad(copy);
