@@ -8,8 +8,9 @@
 Usage: /usr/bin/python3 bench/authors_step.py [--threads 2] [--batch 8] [--repeats 5] [--json]
 Needs Debian's python3-torch (and libopenblas0-pthread for a realistic BLAS).
 """
-import argparse, json, math, statistics, time
+import argparse, json, math
 import torch
+from steptime import median_ms, blas
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -153,15 +154,8 @@ def main():
         loss.backward()
         opt.step()
 
-    for _ in range(a.warmup):
-        step()
-    times = []
-    for _ in range(a.repeats):
-        t = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t) * 1000)
-    r = {"step_ms": statistics.median(times), "torch": torch.__version__, "threads": a.threads, "batch": a.batch,
-         "blas": "openblas" if "openblas" in torch.__config__.show().lower() else "other"}
+    r = {"step_ms": median_ms(step, a.warmup, a.repeats), "torch": torch.__version__, "threads": a.threads, "batch": a.batch,
+         "blas": blas()}
     print(json.dumps(r) if a.json else f"authors' SF-MoE step (PyTorch {r['torch']}): {r['step_ms']:.1f} ms median, batch {a.batch}, {a.threads} threads")
 
 

@@ -16,8 +16,9 @@ Usage: /usr/bin/python3 bench/domainbed_step.py --model mnist_cnn|resnet50 [--th
                                                 [--dataset RotatedMNIST|ColoredMNIST] [--repeats 5] [--json]
 Needs Debian's python3-torch and python3-torchvision.
 """
-import argparse, json, statistics, time
+import argparse, json
 import torch
+from steptime import median_ms, blas
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -102,16 +103,9 @@ def main():
         loss.backward()
         opt.step()
 
-    for _ in range(a.warmup):
-        step()
-    times = []
-    for _ in range(a.repeats):
-        t = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t) * 1000)
-    r = {"step_ms": statistics.median(times), "model": a.model, "torch": torch.__version__, "threads": a.threads,
+    r = {"step_ms": median_ms(step, a.warmup, a.repeats), "model": a.model, "torch": torch.__version__, "threads": a.threads,
          "batch": batch, "img_size": size, "in_chans": chans,
-         "blas": "openblas" if "openblas" in torch.__config__.show().lower() else "other"}
+         "blas": blas()}
     print(json.dumps(r) if a.json else
           f"DomainBed {a.model} ERM step (PyTorch {r['torch']}): {r['step_ms']:.1f} ms median, batch {batch}, "
           f"{chans}x{size}x{size}, {a.threads} threads")
