@@ -20,14 +20,8 @@ public enum Precision
 /// <summary>Names of the precisions (as in results.jsonl's args and on the command line) and their core values.</summary>
 internal static class Precisions
 {
-    /// <summary>"fp32", "tf32", "bf16".</summary>
-    public static string Name(Precision p) => p switch
-    {
-        Precision.Fp32 => "fp32",
-        Precision.Tf32 => "tf32",
-        Precision.Bf16 => "bf16",
-        _ => throw new ConfigException($"unknown precision {p}: expected Fp32, Tf32 or Bf16"),
-    };
+    /// <summary>"fp32", "tf32", "bf16": the core's names (one table, Tensors.Precision.all).</summary>
+    public static string Name(Precision p) => Tensors.PrecisionModule.name(ToCore(p));
 
     /// <summary>The precision of a name, or null for an unknown one.</summary>
     public static Precision? TryParse(string? name) => name switch
